@@ -1,0 +1,5 @@
+"""`python -m normbench` == `normbench`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""The norm a backbone is built with: a `norm_layer(num_channels, dim)` callable plus its activation rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from ..norms import NORMS, NormSpec, build_norm
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "sigmoid": nn.Sigmoid,
+}
+
+
+@dataclass
+class NormChoice:
+    """Builds every norm layer of one model from one config entry and remembers what it built.
+
+    Called like torchvision's `norm_layer`: `choice(num_channels)` for NCHW maps, `choice(c, dim=1)` for
+    (N, C) features. Norms without a meaningful 1-D form (IN) give `nn.Identity` on features, and
+    `skipped` says which layers went without a norm, so the run record shows it.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    built: list[nn.Module] = field(default_factory=list, repr=False)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> NormSpec:
+        return NORMS[self.name]
+
+    def __call__(self, num_channels: int, dim: int = 2) -> nn.Module:
+        if dim == 1 and not self.spec.supports_1d:
+            self.skipped.append(f"{self.name} has no 1-D form: no norm on a {num_channels}-feature layer")
+            return nn.Identity()
+        module = build_norm(self.name, num_channels, dim=dim, **self.options)
+        self.built.append(module)
+        return module
+
+    def norm_act(self, num_channels: int, activation: str, dim: int = 2) -> list[nn.Module]:
+        """Norm then activation, as a list of modules; a norm carrying its own activation (FRN+TLU)
+        replaces both, as in its paper."""
+        norm = self(num_channels, dim)
+        if self.spec.includes_activation and not isinstance(norm, nn.Identity):
+            return [norm]
+        return [norm, make_activation(activation)]
+
+    @property
+    def conv_bias(self) -> bool:
+        """A conv/linear followed by a norm with its own shift needs no bias (torchvision's convention)."""
+        return self.name == "none"
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None

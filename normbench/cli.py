@@ -1,0 +1,146 @@
+"""The `normbench` command line (Typer). Overrides after the command go to Hydra: `normbench run norm=gn batch=2`."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import UserError
+
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Compare normalization layers in CNNs as the per-device batch shrinks.")
+
+
+def _config_help() -> str:
+    """The keys of configs/config.yaml with their defaults and comments, and the options of each group."""
+    from .config import GROUPS, config_dir
+
+    root = config_dir()
+    lines = ["\b", "Config groups (pick with group=option):"]  # \b: click keeps this paragraph's line breaks
+    for group in GROUPS:
+        options = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        lines.append(f"  {group:<9} {', '.join(options)}")
+    lines += ["", "\b", "Keys (key=value; nested ones as norm.groups=16, data.train_size=2000):"]
+    section = ""
+    for raw in (root / "config.yaml").read_text().splitlines():
+        match = re.match(r"^(\s*)(\w+):\s*([^#]*?)\s*(?:#\s*(.*))?$", raw)
+        if not match or match.group(2) == "defaults" or raw.lstrip().startswith("-"):
+            continue
+        indent, key, value, comment = match.groups()
+        if not indent and not value:
+            section = f"{key}."
+            continue
+        name = f"{section if indent else ''}{key}"
+        if not indent:
+            section = ""
+        lines.append(f"  {name + '=' + value:<22} {comment or ''}".rstrip())
+    lines += ["", "Norm options live under norm. (see configs/norm/*.yaml), e.g. norm.groups=8 norm.eps=1e-6."]
+    return "\n".join(lines)
+
+
+RUN_HELP = f"""Train one config and write <out>/runs/<run_key>/ (config.yaml, record.json, tb/, checkpoint.pt).
+
+Examples: normbench run norm=gn batch=2 | normbench run norm=frn data.train_size=2000 epochs=2
+
+A completed run is not redone (use --force); an interrupted one resumes from its checkpoint.
+
+{_config_help()}"""
+
+
+@app.command(context_settings=EXTRA_ARGS, help=RUN_HELP)
+def run(
+    ctx: typer.Context,
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Extra folder of config groups "
+                                              "(e.g. DIR/norm/mine.yaml), searched before the shipped ones. "
+                                              "Also NORMBENCH_CONFIG_DIR."),
+    force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+) -> None:
+    from .config import compose
+    from .runner import run as run_one
+
+    overrides = list(ctx.args)
+    _reject_options(overrides)
+    cfg, choices = compose(overrides, config_dir, with_choices=True)
+    result = run_one(cfg, choices, overrides, str(config_dir) if config_dir else None, force=force)
+    record = result.record
+    metrics = record.get("metrics", {})
+    if result.skipped:
+        typer.echo(f"already completed: {result.run_dir} (test_error {metrics.get('test_error'):.2f}%); "
+                   f"--force trains it again")
+    elif record["status"] == "completed":
+        typer.echo(f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  "
+                   f"test_acc {metrics['test_acc']:.4f}  best_test_error {metrics['best_test_error']:.2f}%  "
+                   f"{record['timing']['train_seconds']:.1f}s")
+    else:
+        typer.echo(f"{record['status']}: {result.run_dir}")
+
+
+LISTABLE = ("norms", "backbones", "data", "experiments")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument("norms", help="norms, backbones, data or experiments")) -> None:
+    """What is available, one line each."""
+    from .config import did_you_mean
+
+    if what not in LISTABLE:
+        raise UserError(f"cannot list {what!r}{did_you_mean(what, LISTABLE)}; choose one of: {', '.join(LISTABLE)}")
+    if what == "norms":
+        from .norms import NORMS
+
+        for name, spec in NORMS.items():
+            traits = ["batch stats" if spec.batch_dependent else "batch-independent"]
+            if spec.includes_activation:
+                traits.append("own activation")
+            if not spec.supports_1d:
+                traits.append("no fc form")
+            typer.echo(f"{name:<12} {spec.description}  [{', '.join(traits)}]")
+    elif what == "backbones":
+        from .backbones import BACKBONES
+
+        for name, spec in BACKBONES.items():
+            typer.echo(f"{name:<12} {spec.description}  [input: {spec.inputs}]")
+    elif what == "data":
+        from .data import DATASETS
+
+        for name, spec in DATASETS.items():
+            typer.echo(f"{name:<14} {spec.description}")
+    else:
+        from .config import config_dir
+
+        presets = sorted((config_dir() / "experiment").glob("*.yaml"))
+        for path in presets:
+            first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()
+                          if line.startswith("#") and "@package" not in line), "")
+            typer.echo(f"{path.stem:<14} {first}")
+        if not presets:
+            typer.echo("no experiment presets yet")
+
+
+def _reject_options(args: list[str]) -> None:
+    """Unknown --options would otherwise reach Hydra as overrides and fail with a confusing message."""
+    for arg in args:
+        if arg.startswith("-"):
+            raise UserError(f"unknown option {arg!r}: overrides are key=value (e.g. norm=gn); see --help")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        app(standalone_mode=True)
+    except UserError as error:
+        if debug:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume from the last checkpoint", err=True)
+        sys.exit(130)

@@ -1,0 +1,68 @@
+"""Filter Response Normalization with a Thresholded Linear Unit (Singh & Krishnan, CVPR 2020)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._common import check_eps, check_input, check_layer, parse_flag
+
+EPS_L_INIT = 1e-4  # initial value of the learned part of eps (paper, section 3.1)
+
+
+class FilterResponseNorm(nn.Module):
+    """FRN + TLU, written with plain tensor ops (autograd gives the backward pass).
+
+    nu2 = mean over (H, W) of x^2 per (sample, channel)   (dim=1: nu2 = x^2, one value)
+    x_hat = x / sqrt(nu2 + eps);  y = weight * x_hat + bias;  z = max(y, tau)
+
+    Parameters `weight`, `bias`, `tau` have shape (C,) (init 1, 0, 0). With `learned_eps` the
+    epsilon is eps + |eps_l| where `eps_l` is a learnable PER-CHANNEL parameter of shape (C,)
+    initialised to 1e-4 (the paper allows a scalar or per-channel; per-channel keeps every
+    parameter of a norm layer at shape (C,)). Without it there is no `eps_l` and eps is fixed.
+    The TLU is the layer's activation: the backbone adds none after it.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, learned_eps: bool = False, dim: int = 2) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.tau = nn.Parameter(torch.zeros(num_channels))
+        if learned_eps:
+            self.eps_l = nn.Parameter(torch.full((num_channels,), EPS_L_INIT))
+        else:
+            self.register_parameter("eps_l", None)
+
+    @property
+    def learned_eps(self) -> bool:
+        return self.eps_l is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.dim, self.num_channels)
+        shape = (1, self.num_channels) + (1,) * (x.dim() - 2)  # broadcast (C,) over N (and H, W)
+        nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True) if self.dim == 2 else x.pow(2)
+        eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs().view(shape)
+        x_hat = x * torch.rsqrt(nu2 + eps)
+        y = self.weight.view(shape) * x_hat + self.bias.view(shape)
+        return torch.maximum(y, self.tau.view(shape))
+
+    def extra_repr(self) -> str:
+        learned = "learned_eps=True (eps + |eps_l|, eps_l per channel)" if self.learned_eps else "learned_eps=False"
+        return f"{self.num_channels}, eps={self.eps}, {learned}, dim={self.dim}"
+
+
+def filter_response_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-6,
+                         learned_eps: bool | str = "auto") -> nn.Module:
+    """FRN + TLU. learned_eps: True, False, or "auto" = learned on dim=1 (fully connected) only.
+
+    On fully connected layers nu2 = x^2, so with a fixed tiny eps x_hat is about sign(x); the
+    paper learns eps there. Strings "true"/"false"/"auto" (any case) are accepted for configs.
+    """
+    check_layer("frn", num_channels, dim)
+    eps = check_eps("frn", eps)
+    flag = parse_flag("frn", "learned_eps", learned_eps, extra=("auto",))
+    learned = (dim == 1) if flag == "auto" else flag
+    return FilterResponseNorm(num_channels, eps=eps, learned_eps=learned, dim=dim)

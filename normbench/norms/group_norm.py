@@ -1,0 +1,68 @@
+"""Group Normalization (Wu & He, ECCV 2018), with per-layer choice of the number of groups."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._common import NormConfigError, check_eps, check_input, check_int, check_layer, parse_flag
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve_groups(num_channels: int, groups: int = 32, min_channels_per_group: int = 2, strict: bool = False) -> int:
+    """The number of groups GN uses on a layer of `num_channels` channels.
+
+    Not strict: the largest divisor of C that is <= `groups` and <= C // `min_channels_per_group`
+    (at least 1), e.g. groups=32, min 2: C=6 -> 3, 16 -> 8, 84 -> 28, 120 -> 30, 256 -> 32.
+    Strict: exactly `groups` (the paper's fixed G), a NormConfigError unless it divides C;
+    `min_channels_per_group` is not applied.
+    """
+    check_int("gn", "num_channels", num_channels)
+    check_int("gn", "groups", groups)
+    check_int("gn", "min_channels_per_group", min_channels_per_group)
+    if parse_flag("gn", "strict", strict):
+        if num_channels % groups:
+            raise NormConfigError(
+                f"norm 'gn' (strict): groups={groups} does not divide the layer width C={num_channels}; "
+                f"divisors of {num_channels}: {', '.join(map(str, _divisors(num_channels)))} "
+                f"(or set norm.strict=false to pick the largest divisor <= {groups} per layer)"
+            )
+        return groups
+    cap = min(groups, num_channels // min_channels_per_group)
+    return max([d for d in _divisors(num_channels) if d <= cap], default=1)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that checks its input layout and remembers the groups it was asked for.
+
+    `num_groups` is the number of groups actually used; `requested_groups` the configured G.
+    dim=2: input (N, C, H, W); dim=1: input (N, C), each group normalized over its C/G features.
+    """
+
+    def __init__(self, num_channels: int, num_groups: int, eps: float = 1e-5, dim: int = 2,
+                 requested_groups: int | None = None) -> None:
+        super().__init__(num_groups, num_channels, eps=eps, affine=True)
+        self.dim = dim
+        self.requested_groups = num_groups if requested_groups is None else requested_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.dim, self.num_channels)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        groups = f"groups={self.num_groups}"
+        if self.requested_groups != self.num_groups:
+            groups += f" (requested {self.requested_groups})"
+        return f"{self.num_channels}, {groups}, eps={self.eps}, dim={self.dim}"
+
+
+def group_norm(num_channels: int, dim: int = 2, *, groups: int = 32, min_channels_per_group: int = 2,
+               strict: bool = False, eps: float = 1e-5) -> nn.Module:
+    """GN with `resolve_groups(num_channels, groups, min_channels_per_group, strict)` groups."""
+    check_layer("gn", num_channels, dim)
+    eps = check_eps("gn", eps)
+    used = resolve_groups(num_channels, groups, min_channels_per_group, strict)
+    return GroupNorm(num_channels, used, eps=eps, dim=dim, requested_groups=groups)

@@ -1,0 +1,234 @@
+"""One `normbench run`: validate, pick the run dir, resume or start, train epoch by epoch, record everything."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones import build_model, count_parameters
+from .config import NON_RESULT_KEYS, flatten
+from .data import load_data
+from .errors import UserError
+from .optim import build_optimizer, build_scheduler, scaled_lr
+from .progress import RunProgress
+from .runs import (CHECKPOINT, CONFIG, RECORD, environment, load_checkpoint, non_default_settings, read_record,
+                   run_key, save_checkpoint, write_json)
+from .train import evaluate, train_epoch
+from .validate import validate
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    record: dict[str, Any]
+    skipped: bool = False   # already completed: nothing was trained
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated by tensors, or on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def describe_norm_layers(model: torch.nn.Module, built: list[torch.nn.Module]) -> dict[str, str]:
+    """{layer name in the model: the norm module's repr}, e.g. GN's groups per layer."""
+    ids = {id(module) for module in built}
+    return {name: repr(module) for name, module in model.named_modules() if id(module) in ids}
+
+
+def result_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: every setting that can change results."""
+    return {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NON_RESULT_KEYS}
+
+
+def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_config_dir: str | None = None,
+        force: bool = False) -> RunResult:
+    validate(cfg)
+    differ = non_default_settings(cfg, choices, user_config_dir)
+    key = run_key(cfg, differ)
+    run_dir = Path(cfg.out).expanduser() / "runs" / key
+    previous = read_record(run_dir)
+    if previous is not None and previous["status"] == "completed" and not force:
+        return RunResult(run_dir, previous, skipped=True)
+
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.data, device)  # before any file is written: missing data leaves nothing behind
+    torch.manual_seed(cfg.seed)
+    model, norm_layer = build_model(cfg)
+    model.to(device)
+    sgd_batch = cfg.batch * cfg.accum
+    steps_per_epoch = data.train_x.shape[0] // sgd_batch
+    if steps_per_epoch == 0:
+        raise UserError(f"the training set has {data.train_x.shape[0]} images, fewer than one SGD batch "
+                        f"(batch*accum = {sgd_batch}): lower batch/accum or raise data.train_size")
+    lr = scaled_lr(cfg, sgd_batch)
+    optimizer = build_optimizer(model, norm_layer.built, cfg, lr)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    progress = RunProgress(cfg.log.progress, cfg.epochs, steps_per_epoch)
+    state = {"epoch": 0, "history": [], "train_seconds": 0.0, "images": 0}
+    checkpoint_path = run_dir / CHECKPOINT
+    identity = result_identity(cfg)
+    if checkpoint_path.exists() and not force:
+        saved = load_checkpoint(checkpoint_path)
+        if saved is None:
+            progress.line(f"warning: {checkpoint_path} is unreadable (truncated or corrupt); starting the run again")
+        elif saved.get("identity") != identity:
+            progress.line(f"warning: {checkpoint_path} was written by a different config; starting the run again")
+        else:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            progress.line(f"resuming {key} after epoch {state['epoch']}")
+
+    record: dict[str, Any] = {
+        "status": "running",
+        "run_key": key,
+        "overrides": list(overrides),
+        "non_default": differ,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "setup": {
+            "sgd_batch": sgd_batch, "world_size": 1, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
+            "train_images": data.train_x.shape[0], "test_images": data.test_x.shape[0], "data_source": data.source,
+            "parameters": count_parameters(model),
+            "norm_layers": describe_norm_layers(model, norm_layer.built),
+            "layers_without_norm": norm_layer.skipped,
+        },
+        "env": environment(device),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    progress.line(f"run {key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch} x accum {cfg.accum} "
+                  f"(SGD batch {sgd_batch}, lr {lr:.4g}), {data.train_x.shape[0]} train images on {device}")
+    progress.line("norm layers: " + "; ".join(f"{n}: {r}" for n, r in record["setup"]["norm_layers"].items())
+                  if record["setup"]["norm_layers"] else "norm layers: none")
+    for note in norm_layer.skipped:
+        progress.line(f"note: {note}")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=state["epoch"] * steps_per_epoch or None)
+    try:
+        _fill(record, state, device)
+        write_json(run_dir / RECORD, record)
+        _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, record, run_dir, identity,
+                      writer, progress, steps_per_epoch)
+        if record["status"] == "completed":
+            _log_hparams(writer, cfg, record["metrics"])
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        write_json(run_dir / RECORD, record)
+        raise
+    except Exception as error:
+        record["status"] = "failed"
+        record["error"] = f"{type(error).__name__}: {error}"
+        write_json(run_dir / RECORD, record)
+        raise
+    finally:
+        writer.close()
+        progress.close()
+    return RunResult(run_dir, record)
+
+
+def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, record, run_dir, identity, writer,
+                  progress, steps_per_epoch) -> None:
+    device = data.train_x.device
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"] + 1
+        first_step = state["epoch"] * steps_per_epoch
+        progress.start_epoch(epoch)
+
+        def on_interval(done: int, loss: float, acc: float, lr: float) -> None:
+            writer.add_scalar("train/loss", loss, first_step + done)
+            writer.add_scalar("train/acc", acc, first_step + done)
+            writer.add_scalar("train/lr", lr, first_step + done)
+            progress.status(f"loss {loss:.4f}")
+
+        started = time.perf_counter()
+        stats = train_epoch(model, optimizer, scheduler, data.train_x, data.train_y, cfg.batch, cfg.accum,
+                            generator, cfg.log.every_steps, on_interval, progress.advance)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state["train_seconds"] += time.perf_counter() - started
+        state["images"] += stats.images
+        if not stats.finite:
+            record["status"] = "diverged"
+            record["diverged_at"] = {"epoch": epoch, "step": stats.steps, "loss": str(stats.loss)}
+            _fill(record, state, device)
+            write_json(run_dir / RECORD, record)
+            progress.line(f"warning: loss became non-finite at epoch {epoch}, step {stats.steps}; "
+                          f"run recorded as diverged in {run_dir / RECORD}")
+            return
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.log.eval_batch)
+        entry = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss,
+                 "test_acc": test_acc, "test_error": 100.0 * (1.0 - test_acc), "lr": optimizer.param_groups[0]["lr"],
+                 "train_seconds": state["train_seconds"]}
+        state["history"].append(entry)
+        state["epoch"] = epoch
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "test_error"):
+            writer.add_scalar(f"epoch/{name}", entry[name], epoch)
+        writer.flush()
+        if test_loss != test_loss or test_loss in (float("inf"), float("-inf")):
+            record["status"] = "diverged"
+            record["diverged_at"] = {"epoch": epoch, "step": stats.steps, "loss": f"test loss {test_loss}"}
+        elif epoch == cfg.epochs:
+            record["status"] = "completed"
+        save_checkpoint(run_dir / CHECKPOINT, {
+            "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "state": state})
+        _fill(record, state, device)
+        write_json(run_dir / RECORD, record)
+        progress.line(f"epoch {epoch}/{cfg.epochs}  train_loss {stats.loss:.4f}  train_acc {stats.acc:.4f}  "
+                      f"test_error {entry['test_error']:.2f}%  lr {entry['lr']:.4g}  {state['train_seconds']:.1f}s")
+        if record["status"] == "diverged":
+            progress.line(f"warning: test loss is non-finite at epoch {epoch}; run recorded as diverged")
+            return
+
+
+def _fill(record: dict[str, Any], state: dict[str, Any], device: torch.device) -> None:
+    """Metrics, history and timing of the record from the run state so far."""
+    history = state["history"]
+    record["history"] = history
+    if history:
+        last = history[-1]
+        errors = [entry["test_error"] for entry in history]
+        record["metrics"] = {
+            "test_error": last["test_error"], "test_acc": last["test_acc"], "best_test_error": min(errors),
+            "median5_test_error": sorted(errors[-5:])[len(errors[-5:]) // 2],  # GN paper: median of last 5 epochs
+            "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_loss": last["test_loss"],
+            "epochs_done": last["epoch"],
+        }
+    else:
+        record["metrics"] = {"test_error": None, "test_acc": None, "best_test_error": None,
+                             "median5_test_error": None, "train_loss": None, "train_acc": None,
+                             "test_loss": None, "epochs_done": 0}
+    seconds = state["train_seconds"]
+    record["timing"] = {"train_seconds": seconds, "images_per_second": state["images"] / seconds if seconds else None,
+                        "peak_memory_mb": peak_memory_mb(device)}
+
+
+def _log_hparams(writer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """TensorBoard HPARAMS: flat config and final metrics, in the run's own folder (run_name=".")."""
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(cfg).items()}
+    finals = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    writer.add_hparams(hparams, finals, run_name=".")

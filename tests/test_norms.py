@@ -1,0 +1,378 @@
+"""normbench.norms against independent references written here from the papers' formulas.
+
+Every comparison runs in float64 with random (non-trivial) affine parameters, checks the forward
+output and the gradients w.r.t. the input and every parameter (autograd through the reference).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from normbench.norms import NORMS, NormSpec, build_norm, norm_options, resolve_groups
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "norm"
+ALLOWED_PARAMS = {"weight", "bias", "tau", "eps_l"}
+N, C, H, W = 5, 6, 4, 3  # all different, so normalizing over a wrong axis shows
+TOL = dict(rtol=1e-9, atol=1e-10)
+
+
+# ----------------------------------------------------------------- references (paper formulas)
+def _bcast(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _affine(xh, p, x):
+    return xh * _bcast(p["weight"], x) + _bcast(p["bias"], x)
+
+
+def _normalize(x, axes, eps):
+    mean = x.mean(dim=axes, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)  # biased
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def ref_bn_train(x, p, eps):
+    axes = (0,) + tuple(range(2, x.dim()))
+    return _affine(_normalize(x, axes, eps), p, x)
+
+
+def ref_bn_running(batches, momentum, c):
+    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    for x in batches:
+        flat = x.detach().transpose(0, 1).reshape(c, -1)
+        n = flat.shape[1]
+        mean = flat.mean(dim=1)
+        var_unbiased = ((flat - mean[:, None]) ** 2).sum(dim=1) / (n - 1)
+        rm = (1 - momentum) * rm + momentum * mean
+        rv = (1 - momentum) * rv + momentum * var_unbiased
+    return rm, rv
+
+
+def ref_bn_eval(x, p, eps, rm, rv):
+    return _affine((x - _bcast(rm, x)) / torch.sqrt(_bcast(rv, x) + eps), p, x)
+
+
+def ref_ln(x, p, eps):
+    return _affine(_normalize(x, tuple(range(1, x.dim())), eps), p, x)
+
+
+def ref_in(x, p, eps):
+    return _affine(_normalize(x, (2, 3), eps), p, x)
+
+
+def ref_gn(x, p, eps, groups):
+    n, c = x.shape[:2]
+    xg = x.reshape(n, groups, -1)  # channels of a group are contiguous, with their (H, W)
+    return _affine(_normalize(xg, (2,), eps).reshape(x.shape), p, x)
+
+
+def ref_frn(x, p, eps):
+    nu2 = (x**2).mean(dim=(2, 3), keepdim=True) if x.dim() == 4 else x**2
+    e = eps + _bcast(p["eps_l"].abs(), x) if "eps_l" in p else eps
+    y = _affine(x / torch.sqrt(nu2 + e), p, x)
+    return torch.where(y > _bcast(p["tau"], x), y, _bcast(p["tau"], x))
+
+
+def ref_none(x, p):
+    return x
+
+
+# ------------------------------------------------------------------------------ helpers
+def _input(dim: int, seed: int = 0, c: int = C, n: int = N) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, c, H, W) if dim == 2 else (n, c)
+    # per-channel offsets and scales so that a wrong axis or a missing affine cannot pass
+    offs = torch.randn(c, generator=g, dtype=torch.float64) * 3
+    scale = torch.rand(c, generator=g, dtype=torch.float64) * 4 + 0.5
+    view = (1, c) + (1,) * (len(shape) - 2)
+    return torch.randn(shape, generator=g, dtype=torch.float64) * scale.view(view) + offs.view(view)
+
+
+def _randomize(m: torch.nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name == "eps_l":  # keep eps_l small but signed, so |eps_l| matters
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1e-2)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) + (1.0 if name == "weight" else 0.0))
+
+
+def _grads_match(module, ref, x, seed=2):
+    """Forward output and d/dx, d/dparam of <out, g> match between module and reference."""
+    # every norm keeps the input's shape; no extra forward here (it would move BN's running stats)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x1 = x.detach().clone().requires_grad_(True)
+    out = module(x1)
+    (out * g).sum().backward()
+
+    x2 = x.detach().clone().requires_grad_(True)
+    ps = {k: v.detach().clone().requires_grad_(True) for k, v in module.named_parameters()}
+    out_ref = ref(x2, ps)
+    (out_ref * g).sum().backward()
+
+    torch.testing.assert_close(out, out_ref, **TOL)
+    torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    for k, v in module.named_parameters():
+        torch.testing.assert_close(v.grad, ps[k].grad, **TOL, msg=lambda m, k=k: f"grad of {k}: {m}")
+    module.zero_grad(set_to_none=True)
+
+
+def _build(name, dim=2, c=C, **opts):
+    m = build_norm(name, c, dim, **opts).double()
+    _randomize(m)
+    return m
+
+
+def _supported_dims(name):
+    return (1, 2) if NORMS[name].supports_1d else (2,)
+
+
+NAME_DIMS = [(n, d) for n in NORMS for d in _supported_dims(n)]
+
+
+# ------------------------------------------------------------ registry / API contract
+def test_registry_names_and_specs():
+    assert set(NORMS) >= {"bn", "ln", "in", "gn", "frn", "none"}
+    for name, spec in NORMS.items():
+        assert isinstance(spec, NormSpec) and callable(spec.factory)
+        assert spec.description and "\n" not in spec.description
+    flags = {n: (s.batch_dependent, s.includes_activation, s.supports_1d) for n, s in NORMS.items()}
+    assert flags["bn"] == (True, False, True)
+    assert flags["ln"] == (False, False, True)
+    assert flags["in"] == (False, False, False)
+    assert flags["gn"] == (False, False, True)
+    assert flags["frn"] == (False, True, True)
+    assert flags["none"] == (False, False, True)
+
+
+@pytest.mark.parametrize("name,dim", NAME_DIMS)
+def test_params_buffers_shapes_and_constant_input(name, dim):
+    m = build_norm(name, C, dim)
+    params = dict(m.named_parameters())
+    assert set(params) <= ALLOWED_PARAMS
+    for k, p in params.items():
+        assert p.shape == (C,), k
+    init = {"weight": 1.0, "bias": 0.0, "tau": 0.0, "eps_l": 1e-4}
+    for k, p in params.items():
+        assert torch.all(p == init[k]), k
+    if name != "none":
+        assert {"weight", "bias"} <= set(params)
+    buffers = {k for k, _ in m.named_buffers()}
+    if name == "bn":
+        assert {"running_mean", "running_var"} <= buffers
+    else:
+        assert not buffers & {"running_mean", "running_var"}
+
+    x = _input(dim).float()
+    assert m(x).shape == x.shape
+    const = torch.full(x.shape, 3.0)
+    for mode in (m.train, m.eval):
+        mode()
+        assert torch.isfinite(m(const)).all()
+        assert torch.isfinite(m(torch.zeros(x.shape))).all()
+
+
+@pytest.mark.parametrize("name", list(NORMS))
+def test_config_yaml_builds_factory(name):
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
+    assert cfg.pop("name") == name
+    assert cfg == norm_options(name), "config keys/defaults must equal the factory's keyword options"
+    for dim in _supported_dims(name):
+        m = build_norm(name, 16, dim, **cfg)
+        x = torch.randn(4, 16, 5, 5) if dim == 2 else torch.randn(4, 16)
+        assert m(x).shape == x.shape
+
+
+def test_unknown_name_option_dim_channels():
+    with pytest.raises(ValueError, match=r"bn.*ln.*in.*gn.*frn.*none"):
+        build_norm("batchnorm", 8)
+    with pytest.raises((TypeError, ValueError), match=r"grups.*groups"):
+        build_norm("gn", 8, grups=4)
+    with pytest.raises((TypeError, ValueError), match="eps"):
+        build_norm("none", 8, eps=1e-5)
+    with pytest.raises((TypeError, ValueError), match="momentum"):
+        build_norm("ln", 8, momentum=0.1)
+    for name in NORMS:
+        for dim in (0, 3, "2", True):
+            with pytest.raises(ValueError, match="dim"):
+                build_norm(name, 8, dim)
+        for c in (0, -3):
+            with pytest.raises(ValueError, match="num_channels"):
+                build_norm(name, c)
+    with pytest.raises(ValueError, match="eps"):
+        build_norm("bn", 8, eps=0)
+    with pytest.raises(ValueError, match="momentum"):
+        build_norm("bn", 8, momentum=1.5)
+
+
+def test_in_dim1_raises():
+    with pytest.raises(ValueError, match="dim=1"):
+        build_norm("in", 8, 1)
+
+
+@pytest.mark.parametrize("name", ["ln", "gn", "frn"])
+def test_custom_modules_reject_wrong_layout_and_have_repr(name):
+    with pytest.raises(ValueError, match="dim=2"):
+        build_norm(name, 8, 2)(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="dim=1"):
+        build_norm(name, 8, 1)(torch.randn(4, 8, 3, 3))
+    r = repr(build_norm(name, 8, 2))
+    assert "8" in r and "eps=" in r
+
+
+# ------------------------------------------------------------------- BN vs the formula
+@pytest.mark.parametrize("dim", [1, 2])
+def test_bn_train_eval_and_running_stats(dim):
+    eps, momentum = 1e-5, 0.3
+    m = _build("bn", dim, eps=eps, momentum=momentum)
+    m.train()
+    batches = [_input(dim, seed=s) for s in range(10, 14)]
+    for b in batches[:-1]:
+        m(b)
+    _grads_match(m, lambda x, p: ref_bn_train(x, p, eps), batches[-1])  # 4th train step
+    rm, rv = ref_bn_running(batches, momentum, C)
+    torch.testing.assert_close(m.running_mean, rm, **TOL)
+    torch.testing.assert_close(m.running_var, rv, **TOL)
+
+    m.eval()
+    x = _input(dim, seed=99)
+    _grads_match(m, lambda x, p: ref_bn_eval(x, p, eps, rm, rv), x)
+    torch.testing.assert_close(m.running_mean, rm, **TOL)  # eval leaves the stats alone
+
+
+# ------------------------------------------------------- batch-independent norms vs formulas
+def _ref_for(name, eps, **kw):
+    return {
+        "ln": lambda x, p: ref_ln(x, p, eps),
+        "in": lambda x, p: ref_in(x, p, eps),
+        "gn": lambda x, p: ref_gn(x, p, eps, kw.get("groups")),
+        "frn": lambda x, p: ref_frn(x, p, eps),
+        "none": ref_none,
+    }[name]
+
+
+CASES = [
+    ("ln", 2, {"eps": 1e-3}, {}),
+    ("ln", 1, {"eps": 1e-3}, {}),
+    ("in", 2, {"eps": 1e-3}, {}),
+    ("gn", 2, {"eps": 1e-3}, {"groups": 3}),  # groups=32 -> 3 on C=6
+    ("gn", 2, {"eps": 1e-3, "groups": 2}, {"groups": 2}),
+    ("gn", 1, {"eps": 1e-3, "groups": 2}, {"groups": 2}),
+    ("frn", 2, {"eps": 1e-3, "learned_eps": False}, {}),
+    ("frn", 2, {"eps": 1e-3, "learned_eps": True}, {}),
+    ("frn", 1, {"eps": 1e-3, "learned_eps": False}, {}),
+    ("frn", 1, {"eps": 1e-3, "learned_eps": True}, {}),
+    ("none", 2, {}, {}),
+    ("none", 1, {}, {}),
+]
+
+
+@pytest.mark.parametrize("name,dim,opts,ref_kw", CASES, ids=[f"{c[0]}-d{c[1]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_norm_matches_reference(name, dim, opts, ref_kw, mode):
+    m = _build(name, dim, **opts)
+    getattr(m, mode)()
+    ref = _ref_for(name, opts.get("eps"), **ref_kw)
+    _grads_match(m, ref, _input(dim, seed=3))
+    _grads_match(m, ref, _input(dim, seed=4))  # no state carried between calls
+
+
+def test_every_registered_norm_has_a_reference_case():
+    covered = {c[0] for c in CASES} | {"bn"}
+    assert covered == set(NORMS)
+    for name in NORMS:
+        for dim in _supported_dims(name):
+            assert name == "bn" or any(c[0] == name and c[1] == dim for c in CASES)
+
+
+# --------------------------------------------------------------------------- GN specifics
+@pytest.mark.parametrize(
+    "c,expected", [(6, 3), (16, 8), (120, 30), (84, 28), (64, 32), (256, 32), (1, 1), (2, 1), (3, 1), (7, 1)]
+)
+def test_resolve_groups_table(c, expected):
+    assert resolve_groups(c, 32, 2, False) == expected
+    m = build_norm("gn", c)
+    assert m.num_groups == expected
+
+
+def test_resolve_groups_rules_and_strict():
+    assert resolve_groups(64, 32, 1, False) == 32
+    assert resolve_groups(6, 32, 1, False) == 6
+    assert resolve_groups(12, 5, 1, False) == 4
+    assert resolve_groups(256, 32, 16, False) == 16
+    assert resolve_groups(64, 32, 2, True) == 32
+    with pytest.raises(ValueError, match=r"C=6.*1, 2, 3, 6"):
+        resolve_groups(6, 32, 2, True)
+    with pytest.raises(ValueError, match="C=84"):
+        build_norm("gn", 84, strict=True)
+    assert build_norm("gn", 96, strict="true").num_groups == 32
+    assert build_norm("gn", 96, groups=8, strict=True).num_groups == 8
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_gn_one_group_equals_ln(dim):
+    gn = _build("gn", dim, groups=1, min_channels_per_group=1)
+    ln = _build("ln", dim)
+    assert gn.num_groups == 1
+    _same_module(gn, ln, _input(dim, seed=5))
+
+
+def test_gn_c_groups_equals_in():
+    gn = _build("gn", 2, groups=C, min_channels_per_group=1)
+    inorm = _build("in", 2)
+    assert gn.num_groups == C
+    _same_module(gn, inorm, _input(2, seed=6))
+
+
+def _same_module(a, b, x):
+    b.load_state_dict(a.state_dict(), strict=False)
+    _grads_match(a, lambda xx, p: torch.func.functional_call(b, p, (xx,)), x)
+
+
+# -------------------------------------------------------------------------- FRN specifics
+def test_frn_defaults_and_learned_eps_choice():
+    m2, m1 = build_norm("frn", C, 2), build_norm("frn", C, 1)
+    assert m2.eps == 1e-6 and m1.eps == 1e-6
+    assert "eps_l" not in dict(m2.named_parameters())  # auto: fixed eps on conv layers
+    assert dict(m1.named_parameters())["eps_l"].shape == (C,)  # auto: learned on fc layers
+    for value, expected in [(True, True), ("true", True), ("TRUE", True), (False, False), ("false", False)]:
+        for dim in (1, 2):
+            m = build_norm("frn", C, dim, learned_eps=value)
+            assert ("eps_l" in dict(m.named_parameters())) is expected
+    for bad in ("yes", 1, 0, None, "", 1.0):
+        with pytest.raises(ValueError, match="learned_eps"):
+            build_norm("frn", C, learned_eps=bad)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_frn_learned_eps_value_is_used(dim):
+    m = build_norm("frn", C, dim, learned_eps=True).double()
+    x = _input(dim, seed=7) * 1e-2  # small x so eps matters
+    with torch.no_grad():
+        m.eps_l.copy_(torch.linspace(-0.5, 0.5, C, dtype=torch.float64))
+    fixed = build_norm("frn", C, dim, learned_eps=False).double()
+    assert not torch.allclose(m(x), fixed(x))
+    _grads_match(m, lambda x, p: ref_frn(x, p, 1e-6), x)
+
+
+def test_frn_fc_fixed_eps_is_nearly_sign_and_tlu_clamps():
+    m = build_norm("frn", C, 1, learned_eps=False).double()
+    x = _input(1, seed=8)
+    x = x.sign() * (x.abs() + 0.1)  # |x| >= 0.1, so x / sqrt(x^2 + 1e-6) is within 1e-4 of sign(x)
+    torch.testing.assert_close(m(x), torch.sign(x).clamp_min(0), atol=1e-3, rtol=0)  # tau=0: max(sign, 0)
+    with torch.no_grad():
+        m.tau.fill_(0.25)
+    assert (m(x) >= 0.25).all()
+    # spatial form: explicit numbers, one (sample, channel) of a 2x2 map
+    m2 = build_norm("frn", 1, 2, eps=1e-6, learned_eps=False).double()
+    with torch.no_grad():
+        m2.weight.fill_(2.0), m2.bias.fill_(-0.5), m2.tau.fill_(-1.0)
+    x2 = torch.tensor([[[[1.0, -1.0], [3.0, -3.0]]]], dtype=torch.float64)  # mean x^2 = 5
+    expected = torch.maximum(2.0 * x2 / math.sqrt(5 + 1e-6) - 0.5, torch.tensor(-1.0, dtype=torch.float64))
+    torch.testing.assert_close(m2(x2), expected, **TOL)
