@@ -69,7 +69,11 @@ def run(
     overrides = list(ctx.args)
     _reject_options(overrides)
     cfg, choices = compose(overrides, config_dir, with_choices=True)
-    result = run_one(cfg, choices, overrides, str(config_dir) if config_dir else None, force=force)
+    try:
+        result = run_one(cfg, choices, overrides, str(config_dir) if config_dir else None, force=force)
+    except KeyboardInterrupt:  # the record says "interrupted" and the last checkpoint is kept
+        typer.echo("interrupted: rerun the same command to resume from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
     record = result.record
     metrics = record.get("metrics", {})
     if result.skipped:
@@ -141,6 +145,3 @@ def main() -> None:
             raise
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command to resume from the last checkpoint", err=True)
-        sys.exit(130)

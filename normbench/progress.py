@@ -31,6 +31,13 @@ class RunProgress:
         else:
             print(text, flush=True)
 
+    def notice(self, text: str) -> None:
+        """Warnings and resume notes: always shown, on stderr, whatever log.progress says."""
+        if self._bar is not None:
+            self._bar.console.print(text, highlight=False, markup=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
     def start_epoch(self, epoch: int) -> None:
         if self._bar is not None:
             self._bar.reset(self._task, description=f"epoch {epoch}/{self.epochs}", status="")

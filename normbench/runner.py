@@ -88,9 +88,9 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     if checkpoint_path.exists() and not force:
         saved = load_checkpoint(checkpoint_path)
         if saved is None:
-            progress.line(f"warning: {checkpoint_path} is unreadable (truncated or corrupt); starting the run again")
+            progress.notice(f"warning: {checkpoint_path} is unreadable (truncated or corrupt); starting the run again")
         elif saved.get("identity") != identity:
-            progress.line(f"warning: {checkpoint_path} was written by a different config; starting the run again")
+            progress.notice(f"warning: {checkpoint_path} was written by a different config; starting the run again")
         else:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -98,7 +98,7 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
             generator.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])
             state = saved["state"]
-            progress.line(f"resuming {key} after epoch {state['epoch']}")
+            progress.notice(f"resuming {key} after epoch {state['epoch']}")
 
     record: dict[str, Any] = {
         "status": "running",
@@ -111,6 +111,8 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
             "train_images": data.train_x.shape[0], "test_images": data.test_x.shape[0], "data_source": data.source,
             "parameters": count_parameters(model),
             "norm_layers": describe_norm_layers(model, norm_layer.built),
+            "norm_groups": {name: module.num_groups for name, module in model.named_modules()
+                            if any(module is built for built in norm_layer.built) and hasattr(module, "num_groups")},
             "layers_without_norm": norm_layer.skipped,
         },
         "env": environment(device),
@@ -175,7 +177,7 @@ def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, reco
             record["diverged_at"] = {"epoch": epoch, "step": stats.steps, "loss": str(stats.loss)}
             _fill(record, state, device)
             write_json(run_dir / RECORD, record)
-            progress.line(f"warning: loss became non-finite at epoch {epoch}, step {stats.steps}; "
+            progress.notice(f"warning: loss became non-finite at epoch {epoch}, step {stats.steps}; "
                           f"run recorded as diverged in {run_dir / RECORD}")
             return
         test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.log.eval_batch)
@@ -201,7 +203,7 @@ def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, reco
         progress.line(f"epoch {epoch}/{cfg.epochs}  train_loss {stats.loss:.4f}  train_acc {stats.acc:.4f}  "
                       f"test_error {entry['test_error']:.2f}%  lr {entry['lr']:.4g}  {state['train_seconds']:.1f}s")
         if record["status"] == "diverged":
-            progress.line(f"warning: test loss is non-finite at epoch {epoch}; run recorded as diverged")
+            progress.notice(f"warning: test loss is non-finite at epoch {epoch}; run recorded as diverged")
             return
 
 

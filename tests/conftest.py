@@ -12,7 +12,8 @@ from normbench import cli
 from normbench.config import compose
 
 # Small enough that a LeNet run takes about a second on 2 CPU cores.
-TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "epochs=2", "batch=16", "log.progress=none"]
+TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "epochs=2", "batch=16", "lr=1.6",
+        "log.progress=none"]  # lr 1.6 at reference batch 256 = 0.1 at batch 16
 
 
 @pytest.fixture
