@@ -1,0 +1,68 @@
+"""LeNet with every norm: shapes, the d2l layer layout, norm + activation placement, init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from normbench.backbones import LeNet, NormChoice, build_model, count_parameters
+from normbench.config import compose
+from normbench.norms import NORMS
+
+
+def test_lenet_without_norm_has_d2l_parameter_count():
+    # d2l LeNet-5 on 28x28: 156 + 2416 + 48120 + 10164 + 850 weights and biases
+    model = LeNet(NormChoice("none"), num_classes=10)
+    assert count_parameters(model) == 61706
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+@pytest.mark.parametrize("in_channels,image_size", [(1, 28), (3, 32)])
+def test_every_norm_forward_backward(norm, in_channels, image_size):
+    cfg = compose([f"norm={norm}", f"data.in_channels={in_channels}", f"data.image_size={image_size}"])
+    model, _ = build_model(cfg)
+    x = torch.randn(4, in_channels, image_size, image_size, requires_grad=True)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    model.eval()
+    assert model(x).shape == (4, 10)
+
+
+def _layer_types(model):
+    return [type(m).__name__ for m in model]
+
+
+def test_norm_then_activation_after_every_hidden_layer():
+    model, _ = build_model(compose(["norm=bn"]))
+    assert _layer_types(model) == ["Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d", "Conv2d", "BatchNorm2d",
+                                   "Sigmoid", "AvgPool2d", "Flatten", "Linear", "BatchNorm1d", "Sigmoid",
+                                   "Linear", "BatchNorm1d", "Sigmoid", "Linear"]
+    convs = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [m.bias is None for m in convs] == [True] * 4 + [False]  # the norm's beta replaces the bias
+
+
+def test_frn_replaces_norm_and_activation():
+    model, _ = build_model(compose(["norm=frn"]))
+    types = _layer_types(model)
+    assert "Sigmoid" not in types and types.count("FilterResponseNorm") == 4
+
+
+def test_in_puts_no_norm_on_fully_connected_layers():
+    model, choice = build_model(compose(["norm=in"]))
+    types = _layer_types(model)
+    assert types.count("InstanceNorm2d") == 2 and types.count("Identity") == 2
+    assert len(choice.skipped) == 2 and "no 1-D form" in choice.skipped[0]
+
+
+def test_relu_max_pool_and_xavier_options():
+    cfg = compose(["backbone.activation=relu", "backbone.pool=max", "backbone.init=xavier", "norm=none"])
+    torch.manual_seed(0)
+    model, _ = build_model(cfg)
+    types = _layer_types(model)
+    assert "ReLU" in types and "MaxPool2d" in types and "Sigmoid" not in types
+    fc = model[9]
+    bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
+    assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound  # xavier-uniform's range
