@@ -108,9 +108,9 @@ def torchvision_root(tmp: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 2])
-    parser.add_argument("--small-batch-images", type=int, default=6000,
+    parser.add_argument("--small-batch-images", type=int, default=4000,
                         help="images per epoch for batches < 32 (a stratified subset), to keep the run short")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (d2l uses 4; this box has 2 cores)")
     args = parser.parse_args()
 

@@ -63,6 +63,6 @@ def test_relu_max_pool_and_xavier_options():
     model, _ = build_model(cfg)
     types = _layer_types(model)
     assert "ReLU" in types and "MaxPool2d" in types and "Sigmoid" not in types
-    fc = model[9]
+    fc = model.fc1
     bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
     assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound  # xavier-uniform's range

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 from .norm_choice import NormChoice
@@ -10,10 +12,11 @@ POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 
 class LeNet(nn.Sequential):
-    """conv6@5x5 (pad 2) -> pool -> conv16@5x5 -> pool -> fc120 -> fc84 -> fc`num_classes`.
+    """conv1 6@5x5 (pad 2) -> pool1 -> conv2 16@5x5 -> pool2 -> fc1 120 -> fc2 84 -> fc3 `num_classes`.
 
-    Each hidden layer is followed by the norm and then the activation (or by the norm alone when it
-    carries its own activation, e.g. FRN+TLU). Works for any square input of at least 12 px.
+    Each hidden layer i is followed by `norm{i}` and then `act{i}` (or by the norm alone when it carries
+    its own activation, e.g. FRN+TLU), so records name layers like "norm1". Works for any square input of
+    at least 12 px.
     """
 
     def __init__(
@@ -31,18 +34,19 @@ class LeNet(nn.Sequential):
             raise ValueError(f"LeNet needs images of at least 12 px, got {image_size}")
         pooled = ((image_size // 2) - 4) // 2  # spatial size after conv1(pad 2), pool, conv2, pool
         bias = norm_layer.conv_bias
-        pool_layer = POOLS[pool]
-        super().__init__(
-            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2, bias=bias),
-            *norm_layer.norm_act(6, activation),
-            pool_layer(kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5, bias=bias),
-            *norm_layer.norm_act(16, activation),
-            pool_layer(kernel_size=2, stride=2),
-            nn.Flatten(),
-            nn.Linear(16 * pooled * pooled, 120, bias=bias),
-            *norm_layer.norm_act(120, activation, dim=1),
-            nn.Linear(120, 84, bias=bias),
-            *norm_layer.norm_act(84, activation, dim=1),
-            nn.Linear(84, num_classes),
-        )
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+
+        def hidden(index: int, name: str, layer: nn.Module, channels: int, dim: int) -> None:
+            layers[name] = layer
+            for kind, module in zip(("norm", "act"), norm_layer.norm_act(channels, activation, dim)):
+                layers[f"{kind}{index}"] = module
+
+        hidden(1, "conv1", nn.Conv2d(in_channels, 6, kernel_size=5, padding=2, bias=bias), 6, 2)
+        layers["pool1"] = POOLS[pool](kernel_size=2, stride=2)
+        hidden(2, "conv2", nn.Conv2d(6, 16, kernel_size=5, bias=bias), 16, 2)
+        layers["pool2"] = POOLS[pool](kernel_size=2, stride=2)
+        layers["flatten"] = nn.Flatten()
+        hidden(3, "fc1", nn.Linear(16 * pooled * pooled, 120, bias=bias), 120, 1)
+        hidden(4, "fc2", nn.Linear(120, 84, bias=bias), 84, 1)
+        layers["fc3"] = nn.Linear(84, num_classes)
+        super().__init__(layers)
