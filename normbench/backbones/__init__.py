@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..norms import convert_convs
 from .lenet import LeNet
 from .norm_choice import NormChoice
 
@@ -64,6 +65,8 @@ def build_model(cfg: Any) -> tuple[nn.Module, NormChoice]:
     backbone_options = OmegaConf.to_container(cfg.backbone, resolve=True)
     model = build_backbone(backbone_options, norm_layer, num_classes=cfg.data.num_classes,
                            in_channels=cfg.data.in_channels, image_size=cfg.data.image_size)
+    if norm_layer.conv_weight is not None:
+        convert_convs(model, norm_layer.conv_weight)
     return model, norm_layer
 
 

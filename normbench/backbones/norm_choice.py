@@ -50,6 +50,13 @@ class NormChoice:
         return [norm, make_activation(activation)]
 
     @property
+    def conv_weight(self) -> str | None:
+        """The conv reparametrization this norm comes with (MABN: "center", unless norm.center_weights=false)."""
+        if not self.options.get("center_weights", True):
+            return None
+        return self.spec.conv_weight
+
+    @property
     def conv_bias(self) -> bool:
         """A conv/linear followed by a norm with its own shift needs no bias (torchvision's convention)."""
         return self.name == "none"

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ._common import NormConfigError
 from .batch_norm import batch_norm
+from .conv_weight import CONV_WEIGHTS, convert_convs
 from .frn import FilterResponseNorm, filter_response_norm
 from .group_norm import GroupNorm, group_norm, resolve_groups
 from .identity import identity
@@ -18,7 +19,7 @@ from .layer_norm import LayerNorm, layer_norm
 
 __all__ = [
     "NORMS", "NormSpec", "build_norm", "norm_options", "resolve_groups", "NormConfigError",
-    "GroupNorm", "LayerNorm", "FilterResponseNorm",
+    "GroupNorm", "LayerNorm", "FilterResponseNorm", "CONV_WEIGHTS", "convert_convs",
 ]
 
 
@@ -29,6 +30,8 @@ class NormSpec:
     batch_dependent: bool              # uses batch statistics in training: batch=1 is an error
     includes_activation: bool          # carries its own activation (FRN's TLU): backbone adds none
     supports_1d: bool                  # has a meaningful form on (N, C) features
+    conv_weight: str | None = None     # every conv of the model gets this weight reparametrization
+                                       # (conv_weight.CONV_WEIGHTS: "center" for MABN, "standardize" for GN+WS)
 
 
 NORMS: dict[str, NormSpec] = {
