@@ -129,6 +129,24 @@ def list_(what: str = typer.Argument("norms", help="norms, backbones, data or ex
             typer.echo("no experiment presets yet")
 
 
+@app.command()
+def check(norm: Optional[str] = typer.Option(None, "--norm", help="Only the checks about this norm.")) -> None:
+    """Numerical self-check of the norm layers: one PASS/FAIL line per check; exit 1 if any fails."""
+    from .checks import run_checks
+    from .config import did_you_mean
+    from .norms import NORMS
+
+    if norm is not None and norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}{did_you_mean(norm, NORMS)}; choose one of: {', '.join(NORMS)}")
+    results = run_checks(norm)
+    for check_, passed, detail in results:
+        typer.echo(f"{'PASS' if passed else 'FAIL'}  {check_.name}: {detail}")
+    failed = sum(not passed for _, passed, _ in results)
+    typer.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
 def _reject_options(args: list[str]) -> None:
     """Unknown --options would otherwise reach Hydra as overrides and fail with a confusing message."""
     for arg in args:

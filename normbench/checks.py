@@ -1,0 +1,158 @@
+"""`normbench check`: numerical self-checks of the norm layers, one pass/fail line each (float64, CPU)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .norms import NORMS, build_norm
+from .norms.scratch_bn import batch_norm as scratch_batch_norm
+
+TOL = {"rtol": 1e-9, "atol": 1e-10}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    norms: tuple[str, ...]      # the norms it is about, for `normbench check --norm NAME`
+    run: Callable[[], str]      # returns a short detail; raises AssertionError (or any error) on failure
+
+
+def sample(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """float64 input with per-channel offsets and scales, so a wrong axis or a missing affine shows."""
+    generator = torch.Generator().manual_seed(seed)
+    channels = shape[1]
+    view = (1, channels) + (1,) * (len(shape) - 2)
+    offset = torch.randn(channels, generator=generator, dtype=torch.float64).view(view) * 3
+    scale = (torch.rand(channels, generator=generator, dtype=torch.float64) * 4 + 0.5).view(view)
+    return torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset
+
+
+def randomize(module: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial parameter values (weights around 1, the rest around 0; FRN's eps_l small)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            param.copy_(noise * 1e-2 if name == "eps_l" else noise + (1.0 if name == "weight" else 0.0))
+    return module
+
+
+def outputs_and_grads(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, params: list[torch.Tensor],
+                      seed: int = 2) -> list[torch.Tensor]:
+    """[fn(x), d<fn(x), g>/dx, d<fn(x), g>/dparams...] for a fixed random g."""
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    grads = torch.autograd.grad((out * g).sum(), [x, *params], allow_unused=True)
+    return [out.detach(), *[torch.zeros_like(p) if gr is None else gr for p, gr in zip([x, *params], grads)]]
+
+
+def assert_same_module(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    """Two modules with parameters of the same shapes (copied from a to b) agree on output and all grads."""
+    with torch.no_grad():
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pb.copy_(pa)
+    got = outputs_and_grads(a, x, list(a.parameters()))
+    want = outputs_and_grads(b, x, list(b.parameters()))
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, **TOL, msg=lambda m, i=i: f"tensor {i} (0=output, 1=dx, 2..=dparams): {m}")
+
+
+def _check_gn_equals(groups_of: Callable[[int], int], other: str) -> str:
+    for dim, shape in ((2, (5, 6, 4, 3)), (1, (5, 6))):
+        if dim == 1 and not NORMS[other].supports_1d:
+            continue
+        for mode in ("train", "eval"):
+            gn = randomize(build_norm("gn", 6, dim, groups=groups_of(6), min_channels_per_group=1).double())
+            ref = build_norm(other, 6, dim).double()
+            getattr(gn, mode)(), getattr(ref, mode)()
+            assert_same_module(gn, ref, sample(shape, seed=3))
+    return "outputs and gradients equal in train and eval mode"
+
+
+def _check_scratch_bn() -> str:
+    """d2l's from-scratch batch_norm == nn.BatchNorm2d over 5 train steps (outputs, grads, running stats), then eval."""
+    torch_bn = randomize(nn.BatchNorm2d(6, eps=1e-5, momentum=0.1).double())
+    gamma = torch_bn.weight.detach().clone().view(1, 6, 1, 1).requires_grad_(True)
+    beta = torch_bn.bias.detach().clone().view(1, 6, 1, 1).requires_grad_(True)
+    mean, var = torch.zeros(1, 6, 1, 1, dtype=torch.float64), torch.ones(1, 6, 1, 1, dtype=torch.float64)
+    biased_var = var.clone()
+    for step in range(5):
+        x = sample((4, 6, 5, 5), seed=10 + step)
+        ours = outputs_and_grads(lambda t: scratch_batch_norm(t, gamma, beta, mean, var, 1e-5, 0.1, True)[0],
+                                 x, [gamma, beta])
+        torch_out = outputs_and_grads(torch_bn, x, [torch_bn.weight, torch_bn.bias])
+        torch.testing.assert_close(ours[0], torch_out[0], **TOL)
+        torch.testing.assert_close(ours[1], torch_out[1], **TOL)
+        torch.testing.assert_close(ours[2].flatten(), torch_out[2], **TOL)
+        _, mean, var = scratch_batch_norm(x, gamma, beta, mean, var, 1e-5, 0.1, True)
+        _, _, biased_var = scratch_batch_norm(x, gamma, beta, mean, biased_var, 1e-5, 0.1, True,
+                                              unbiased_moving_var=False)
+        torch.testing.assert_close(mean.flatten(), torch_bn.running_mean, **TOL)
+        torch.testing.assert_close(var.flatten(), torch_bn.running_var, **TOL)
+    torch_bn.eval()
+    x = sample((4, 6, 5, 5), seed=20)
+    with torch.no_grad():
+        torch.testing.assert_close(scratch_batch_norm(x, gamma, beta, mean, var, 1e-5, 0.1, False)[0], torch_bn(x),
+                                   **TOL)
+    gap = (var / biased_var).max().item()
+    return f"5 train steps + eval equal incl. running stats (the book's biased running var is up to {gap:.4f}x smaller)"
+
+
+def _check_folding(norm: str) -> Callable[[], str]:
+    def run() -> str:
+        from .backbones import build_model
+        from .config import compose
+        from .fuse import fold_norms
+
+        torch.manual_seed(0)
+        model, _ = build_model(compose([f"norm={norm}"]))
+        model.double().train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        for step in range(3):  # move running statistics and affine parameters off their initial values
+            loss = model(sample((8, 1, 28, 28), seed=30 + step)).logsumexp(dim=1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        folded, count = fold_norms(model)
+        x = sample((8, 1, 28, 28), seed=40)
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+        assert count > 0, "no norm was folded"
+        return f"LeNet-{norm}: {count} norms folded, eval outputs equal"
+    return run
+
+
+def all_checks() -> list[Check]:
+    checks = [
+        Check("gn(groups=1) == ln", ("gn", "ln"), lambda: _check_gn_equals(lambda c: 1, "ln")),
+        Check("gn(groups=C) == in", ("gn", "in"), lambda: _check_gn_equals(lambda c: c, "in")),
+        Check("d2l from-scratch batch_norm == nn.BatchNorm2d", ("bn",), _check_scratch_bn),
+    ]
+    from .fuse import eval_affine
+
+    for name in NORMS:
+        probe = build_norm(name, 4).double().eval()
+        if eval_affine(probe) is not None:
+            checks.append(Check(f"{name} folds into the preceding conv/linear", (name,), _check_folding(name)))
+    return checks
+
+
+def run_checks(norm: str | None = None) -> list[tuple[Check, bool, str]]:
+    results = []
+    for check in all_checks():
+        if norm is not None and norm not in check.norms:
+            continue
+        try:
+            detail = check.run()
+            results.append((check, True, detail))
+        except Exception as error:  # a failed check is reported as a line, never a traceback
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            results.append((check, False, f"{type(error).__name__}: {first}"))
+    return results
