@@ -71,9 +71,9 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     model, norm_layer = build_model(cfg)
     model.to(device)
     sgd_batch = cfg.batch * cfg.accum
-    steps_per_epoch = data.train_x.shape[0] // sgd_batch
+    steps_per_epoch = data.train_size // sgd_batch  # the last incomplete SGD batch of an epoch is dropped
     if steps_per_epoch == 0:
-        raise UserError(f"the training set has {data.train_x.shape[0]} images, fewer than one SGD batch "
+        raise UserError(f"the training set has {data.train_size} images, fewer than one SGD batch "
                         f"(batch*accum = {sgd_batch}): lower batch/accum or raise data.train_size")
     lr = scaled_lr(cfg, sgd_batch)
     optimizer = build_optimizer(model, norm_layer.built, cfg, lr)
@@ -108,7 +108,8 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
         "config": OmegaConf.to_container(cfg, resolve=True),
         "setup": {
             "sgd_batch": sgd_batch, "world_size": 1, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
-            "train_images": data.train_x.shape[0], "test_images": data.test_x.shape[0], "data_source": data.source,
+            "train_images": data.train_size, "test_images": data.test_size, "data_source": data.source,
+            "data_pipeline": data.pipeline, "augment": data.augmentation != "none", "augmentation": data.augmentation,
             "parameters": count_parameters(model),
             "norm_layers": describe_norm_layers(model, norm_layer.built),
             "norm_groups": {name: module.num_groups for name, module in model.named_modules()
@@ -120,7 +121,8 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     progress.line(f"run {key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch} x accum {cfg.accum} "
-                  f"(SGD batch {sgd_batch}, lr {lr:.4g}), {data.train_x.shape[0]} train images on {device}")
+                  f"(SGD batch {sgd_batch}, lr {lr:.4g}), {data.train_size} train images on {device}")
+    progress.line(f"data: {data.name} from {data.source} ({data.pipeline}); augmentation: {data.augmentation}")
     progress.line("norm layers: " + "; ".join(f"{n}: {r}" for n, r in record["setup"]["norm_layers"].items())
                   if record["setup"]["norm_layers"] else "norm layers: none")
     for note in norm_layer.skipped:
@@ -148,12 +150,13 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     finally:
         writer.close()
         progress.close()
+        data.close()
     return RunResult(run_dir, record)
 
 
 def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, run_dir, identity, writer,
                   progress, steps_per_epoch) -> None:
-    device = data.train_x.device
+    device = data.device
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"] + 1
         first_step = state["epoch"] * steps_per_epoch
@@ -166,8 +169,9 @@ def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, 
             progress.status(f"loss {loss:.4f}")
 
         started = time.perf_counter()
-        stats = train_epoch(model, optimizer, lr_at, first_step, data.train_x, data.train_y, cfg.batch, cfg.accum,
-                            generator, cfg.log.every_steps, on_interval, progress.advance)
+        batches = data.train_batches(cfg.batch, steps_per_epoch * cfg.accum, generator)  # draws this epoch's order
+        stats = train_epoch(model, optimizer, lr_at, first_step, batches, steps_per_epoch, cfg.accum,
+                            cfg.log.every_steps, on_interval, progress.advance)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         state["train_seconds"] += time.perf_counter() - started
@@ -180,7 +184,7 @@ def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, 
             progress.notice(f"warning: loss became non-finite at epoch {epoch}, step {stats.steps}; "
                           f"run recorded as diverged in {run_dir / RECORD}")
             return
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, cfg.log.eval_batch)
+        test_loss, test_acc = evaluate(model, data.test_batches(cfg.log.eval_batch))
         entry = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss,
                  "test_acc": test_acc, "test_error": 100.0 * (1.0 - test_acc), "lr": lr_at(epoch * steps_per_epoch - 1),
                  "train_seconds": state["train_seconds"]}

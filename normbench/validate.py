@@ -14,7 +14,6 @@ SCHEDULES = ("cosine", "step", "constant")
 PROGRESS = ("auto", "bar", "plain", "none")
 ACTIVATIONS = ("sigmoid", "relu")
 POOLS = ("avg", "max")
-BATCH_FREE_NORMS = "gn, ln, in, frn"
 
 
 def _int(cfg: DictConfig, key: str, minimum: int, example: str) -> int:
@@ -117,8 +116,9 @@ def validate(cfg: DictConfig) -> None:
     _int(cfg, "log.eval_batch", 1, "1000")
 
     if batch == 1 and NORMS[cfg.norm.name].batch_dependent:
+        batch_free = ", ".join(name for name, spec in NORMS.items() if not spec.batch_dependent and name != "none")
         raise UserError(f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 does not have: "
-                        f"use batch>=2 or a batch-independent norm ({BATCH_FREE_NORMS})")
+                        f"use batch>=2 or a batch-independent norm ({batch_free})")
     _check_model_builds(cfg)
 
 

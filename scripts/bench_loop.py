@@ -5,6 +5,7 @@ three loops interleaved and repeated; prints median seconds per epoch and the ra
 
     python scripts/bench_loop.py                       # batch 256 (full epoch) and batch 2 (subset)
     python scripts/bench_loop.py --batch 256 --repeats 5
+    python scripts/bench_loop.py --augment             # also time normbench with on-device crop + flip
 
 Targets (issue 2): normbench <= 1.05x minimal at batch 256, <= 1.10x at batch 2; >= 2.5x faster than
 the DataLoader loop at batch 256.
@@ -26,7 +27,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from normbench.backbones import build_model
 from normbench.config import compose
-from normbench.data import load_data, stratified_subset
+from normbench.data import black, load_data, stratified_subset, tensor_batches
+from normbench.data.augment import Augment, from_config
 from normbench.data.fashion_mnist import DEBIAN_DIR
 from normbench.optim import LRSchedule, build_optimizer, scaled_lr
 from normbench.train import train_epoch
@@ -38,11 +40,12 @@ def fresh_model(cfg):
     return model, norm_layer
 
 
-def normbench_epoch(cfg, x, y, batch, logdir: Path) -> float:
+def normbench_epoch(cfg, x, y, batch, logdir: Path, augment: Augment | None = None) -> float:
     model, norm_layer = fresh_model(cfg)
     lr = scaled_lr(cfg, batch)
     optimizer = build_optimizer(model, norm_layer.built, cfg, lr)
-    lr_at = LRSchedule(cfg, lr, x.shape[0] // batch)
+    steps = x.shape[0] // batch
+    lr_at = LRSchedule(cfg, lr, steps)
     writer = SummaryWriter(str(logdir))
 
     def on_interval(done, loss, acc, lr):  # what runner._train_epochs logs
@@ -52,7 +55,8 @@ def normbench_epoch(cfg, x, y, batch, logdir: Path) -> float:
 
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    train_epoch(model, optimizer, lr_at, 0, x, y, batch, 1, generator, cfg.log.every_steps, on_interval)
+    batches = tensor_batches(x, y, batch, steps, generator, augment)  # what TensorData.train_batches returns
+    train_epoch(model, optimizer, lr_at, 0, batches, steps, 1, cfg.log.every_steps, on_interval)
     seconds = time.perf_counter() - start
     writer.close()
     return seconds
@@ -112,10 +116,13 @@ def main() -> None:
                         help="images per epoch for batches < 32 (a stratified subset), to keep the run short")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (d2l uses 4; this box has 2 cores)")
+    parser.add_argument("--augment", action="store_true",
+                        help="also time normbench with data.augment=true (crop with padding 4 + flip, on the device)")
     args = parser.parse_args()
 
     cfg = compose(["log.progress=none"])
     data = load_data(cfg.data, "cpu")
+    augment = from_config(compose(["data.augment=true"]).data, black(cfg.data.mean, cfg.data.std), data.image_size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LeNet-BN (sigmoid, avg pool), "
           f"Fashion-MNIST from {data.source}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +134,7 @@ def main() -> None:
             if batch < 32 and args.small_batch_images < x.shape[0]:
                 subset = stratified_subset(y, args.small_batch_images, seed=0)
                 x, y = x[subset], y[subset]
-            times = {"normbench": [], "minimal": [], "dataloader": []}
+            times = {"normbench": [], "minimal": [], "dataloader": []} | ({"augmented": []} if args.augment else {})
             warm = min(x.shape[0], 64 * batch)  # untimed warm-up: allocator, kernels, worker start-up
             normbench_epoch(cfg, x[:warm], y[:warm], batch, Path(tmp) / f"warm{batch}")
             minimal_epoch(cfg, x[:warm], y[:warm], batch)
@@ -135,16 +142,21 @@ def main() -> None:
                 times["normbench"].append(normbench_epoch(cfg, x, y, batch, Path(tmp) / f"tb{batch}-{repeat}"))
                 times["minimal"].append(minimal_epoch(cfg, x, y, batch))
                 times["dataloader"].append(dataloader_epoch(cfg, root, batch, args.workers, subset))
+                if args.augment:
+                    times["augmented"].append(normbench_epoch(cfg, x, y, batch, Path(tmp) / f"aug{batch}-{repeat}",
+                                                              augment))
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append((batch, x.shape[0], med))
             print(f"batch {batch:>4} ({x.shape[0]} images/epoch, median of {args.repeats}): "
                   f"normbench {med['normbench']:.2f}s  minimal {med['minimal']:.2f}s  "
-                  f"DataLoader({args.workers} workers) {med['dataloader']:.2f}s", flush=True)
+                  f"DataLoader({args.workers} workers) {med['dataloader']:.2f}s"
+                  + (f"  normbench+augment {med['augmented']:.2f}s" if args.augment else ""), flush=True)
     print("\nratios (same process, interleaved):")
     for batch, images, med in rows:
         target = "<= 1.05" if batch >= 32 else "<= 1.10"
         print(f"  batch {batch:>4}: normbench / minimal = {med['normbench'] / med['minimal']:.3f} (target {target}); "
-              f"DataLoader / normbench = {med['dataloader'] / med['normbench']:.2f}x (target >= 2.5 at batch 256)")
+              f"DataLoader / normbench = {med['dataloader'] / med['normbench']:.2f}x (target >= 2.5 at batch 256)"
+              + (f"; augmented / normbench = {med['augmented'] / med['normbench']:.3f}" if args.augment else ""))
 
 
 if __name__ == "__main__":

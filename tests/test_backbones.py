@@ -66,3 +66,26 @@ def test_relu_max_pool_and_xavier_options():
     fc = model.fc1
     bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
     assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound  # xavier-uniform's range
+
+
+def test_norm_choice_norm_only():
+    """norm_only: the activation-free form for a norm with its own activation, the same norm otherwise; both
+    are recorded in `built`, and a norm without a 1-D form is skipped as with __call__."""
+    choice = NormChoice("frn")
+    with_act, without = choice(8), choice.norm_only(8)
+    assert with_act.act is True and without.act is False and "tau" not in dict(without.named_parameters())
+    assert choice(8, act=False).act is False
+    assert choice.built == [with_act, without, choice.built[2]]
+    bn = NormChoice("bn")
+    assert type(bn.norm_only(8)) is type(bn(8)) is nn.BatchNorm2d and len(bn.built) == 2
+    b0 = NormChoice("evonorm_b0")
+    assert isinstance(b0.norm_only(8, dim=1), nn.Identity) and len(b0.skipped) == 1 and not b0.built
+    with pytest.raises(ValueError, match="no option act"):
+        NormChoice("frn", {"act": False})
+
+
+@pytest.mark.parametrize("norm", [n for n in sorted(NORMS) if NORMS[n].includes_activation])
+def test_lenet_norms_all_keep_their_activation(norm):
+    """Every LeNet norm is followed by an activation in d2l, so a norm with its own keeps it everywhere."""
+    _, choice = build_model(compose([f"norm={norm}"]))
+    assert choice.built and all(m.act for m in choice.built)

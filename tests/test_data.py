@@ -66,11 +66,13 @@ def tiny_fashion(folder: Path, gz: bool = False, seed: int = 0) -> dict[str, np.
 
 @pytest.fixture
 def no_system_copy(tmp_path, monkeypatch):
-    """Tiny split sizes, and no Debian copy: an empty folder stands in for it."""
+    """Tiny split sizes, and no Debian copy nor earlier download: empty folders stand in for them."""
     monkeypatch.setattr(fm, "EXPECTED_COUNTS", {"train": N_TRAIN, "test": N_TEST})
     empty = tmp_path / "debian-empty"
     empty.mkdir()
     monkeypatch.setattr(fm, "DEBIAN_DIR", empty)
+    (tmp_path / "cache-empty").mkdir()
+    monkeypatch.setattr(fm, "DEFAULT_DOWNLOAD_ROOT", tmp_path / "cache-empty")
     return empty
 
 

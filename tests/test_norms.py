@@ -2,10 +2,12 @@
 
 Every comparison runs in float64 with random (non-trivial) affine parameters, checks the forward
 output and the gradients w.r.t. the input and every parameter (autograd through the reference).
+Norms with their own activation (FRN+TLU, EvoNorm) are checked with it and in their act=False form.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -16,7 +18,10 @@ from omegaconf import OmegaConf
 from normbench.norms import NORMS, NormSpec, build_norm, norm_options, resolve_groups
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "norm"
-ALLOWED_PARAMS = {"weight", "bias", "tau", "eps_l"}
+ALLOWED_PARAMS = {"weight", "bias", "tau", "eps_l", "v"}  # v: EvoNorm's
+RUNNING_STATS = {"bn": {"running_mean", "running_var"}, "syncbn": {"running_mean", "running_var"},
+                 "brn": {"running_mean", "running_var"}, "gbn": {"running_mean", "running_var"},
+                 "evonorm_b0": {"running_var"}, "mabn": {"running_var"}}  # norms whose eval uses running stats
 N, C, H, W = 5, 6, 4, 3  # all different, so normalizing over a wrong axis shows
 TOL = dict(rtol=1e-9, atol=1e-10)
 
@@ -71,15 +76,35 @@ def ref_gn(x, p, eps, groups):
     return _affine(_normalize(xg, (2,), eps).reshape(x.shape), p, x)
 
 
-def ref_frn(x, p, eps):
+def ref_frn(x, p, eps, act=True):
+    """FRN: y = gamma * x / sqrt(nu2 + eps) + beta; with act, the TLU z = max(y, tau); act=False: y."""
     nu2 = (x**2).mean(dim=(2, 3), keepdim=True) if x.dim() == 4 else x**2
     e = eps + _bcast(p["eps_l"].abs(), x) if "eps_l" in p else eps
     y = _affine(x / torch.sqrt(nu2 + e), p, x)
+    if not act:
+        return y
     return torch.where(y > _bcast(p["tau"], x), y, _bcast(p["tau"], x))
+
+
+def ref_evonorm_s0(x, p, eps, groups, act=True):
+    """x * sigmoid(v x) / group std * gamma + beta; act=False: x / group std * gamma + beta."""
+    n = x.shape[0]
+    xg = x.reshape(n, groups, -1)  # as GN: a group's channels are contiguous, with their (H, W)
+    var = ((xg - xg.mean(dim=2, keepdim=True)) ** 2).mean(dim=2, keepdim=True)  # biased
+    std = torch.sqrt(var + eps).expand(xg.shape).reshape(x.shape)
+    num = x * torch.sigmoid(_bcast(p["v"], x) * x) if act else x
+    return _affine(num / std, p, x)
 
 
 def ref_none(x, p):
     return x
+
+
+def ref_mabn(x, p, eps, mode):
+    """MABN at its first iterations (raw E[x^2], r = 1) in train mode, or fresh (running_var = 1) in eval."""
+    if mode == "eval":
+        return _affine(x / math.sqrt(1.0 + eps), p, x)
+    return _affine(x / torch.sqrt((x**2).mean(dim=(0,) + tuple(range(2, x.dim())), keepdim=True) + eps), p, x)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -134,6 +159,7 @@ def _supported_dims(name):
 
 
 NAME_DIMS = [(n, d) for n in NORMS for d in _supported_dims(n)]
+ACTIVATION_PARAMS = {"tau", "v"}  # FRN's TLU threshold, EvoNorm's v: what act=False drops
 
 
 # ------------------------------------------------------------ registry / API contract
@@ -151,23 +177,23 @@ def test_registry_names_and_specs():
     assert flags["none"] == (False, False, True)
 
 
+@pytest.mark.parametrize("act", [True, False])
 @pytest.mark.parametrize("name,dim", NAME_DIMS)
-def test_params_buffers_shapes_and_constant_input(name, dim):
-    m = build_norm(name, C, dim)
+def test_params_buffers_shapes_and_constant_input(name, dim, act):
+    m = build_norm(name, C, dim, act=act)
     params = dict(m.named_parameters())
     assert set(params) <= ALLOWED_PARAMS
+    # the activation's parameters exist exactly in the activated form of a norm with its own activation
+    assert bool(set(params) & ACTIVATION_PARAMS) == (act and NORMS[name].includes_activation)
     for k, p in params.items():
         assert p.shape == (C,), k
-    init = {"weight": 1.0, "bias": 0.0, "tau": 0.0, "eps_l": 1e-4}
+    init = {"weight": 1.0, "bias": 0.0, "tau": 0.0, "eps_l": 1e-4, "v": 1.0}
     for k, p in params.items():
         assert torch.all(p == init[k]), k
     if name != "none":
         assert {"weight", "bias"} <= set(params)
     buffers = {k for k, _ in m.named_buffers()}
-    if name == "bn":
-        assert {"running_mean", "running_var"} <= buffers
-    else:
-        assert not buffers & {"running_mean", "running_var"}
+    assert buffers & {"running_mean", "running_var"} == RUNNING_STATS.get(name, set())
 
     x = _input(dim).float()
     assert m(x).shape == x.shape
@@ -187,6 +213,49 @@ def test_config_yaml_builds_factory(name):
         m = build_norm(name, 16, dim, **cfg)
         x = torch.randn(4, 16, 5, 5) if dim == 2 else torch.randn(4, 16)
         assert m(x).shape == x.shape
+
+
+def test_factories_take_layer_arguments_positionally_and_options_by_keyword():
+    """The convention norm_options relies on: a factory's positional-or-keyword parameters are the layer's
+    (num_channels, dim, and act for a norm with its own activation); its keyword-only ones are the options."""
+    for name, spec in NORMS.items():
+        params = inspect.signature(spec.factory).parameters.values()
+        layer = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert layer == ["num_channels", "dim"] + (["act"] if spec.includes_activation else []), name
+        assert all(p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                   for p in params), name
+        assert "act" not in norm_options(name)
+
+
+@pytest.mark.parametrize("name,dim", NAME_DIMS)
+def test_act_false(name, dim):
+    """act=False: the activation-free form of a norm with its own activation (same class, without tau / v,
+    `act=False` in its repr); for any other norm exactly the module act=True gives."""
+    torch.manual_seed(0)
+    a = build_norm(name, C, dim).double()
+    torch.manual_seed(0)
+    b = build_norm(name, C, dim, act=False).double()
+    assert type(a) is type(b)
+    keys_a, keys_b = set(a.state_dict()), set(b.state_dict())
+    if NORMS[name].includes_activation:
+        assert a.act is True and b.act is False
+        assert keys_b == keys_a - ACTIVATION_PARAMS and keys_a & ACTIVATION_PARAMS
+        assert "act=False" in repr(b) and "act=False" not in repr(a)
+    else:
+        assert keys_a == keys_b and repr(a) == repr(b)
+        for mode in ("train", "eval"):
+            getattr(a, mode)(), getattr(b, mode)()
+            x = _input(dim, seed=11)
+            assert torch.equal(a(x), b(x))
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb), ka
+
+
+def test_act_must_be_a_bool():
+    for name in ("frn", "bn"):
+        for bad in ("false", 0, None):
+            with pytest.raises(ValueError, match="act must be True or False"):
+                build_norm(name, C, act=bad)
 
 
 def test_unknown_name_option_dim_channels():
@@ -252,7 +321,10 @@ def _ref_for(name, eps, **kw):
         "ln": lambda x, p: ref_ln(x, p, eps),
         "in": lambda x, p: ref_in(x, p, eps),
         "gn": lambda x, p: ref_gn(x, p, eps, kw.get("groups")),
-        "frn": lambda x, p: ref_frn(x, p, eps),
+        "frn": lambda x, p: ref_frn(x, p, eps, act=kw.get("act", True)),
+        "gn_ws": lambda x, p: ref_gn(x, p, eps, kw.get("groups")),  # the norm is GN; WS is on the convs
+        "evonorm_s0": lambda x, p: ref_evonorm_s0(x, p, eps, kw.get("groups"), act=kw.get("act", True)),
+        "mabn": lambda x, p: ref_mabn(x, p, eps, kw["mode"]),
         "none": ref_none,
     }[name]
 
@@ -270,25 +342,51 @@ CASES = [
     ("frn", 1, {"eps": 1e-3, "learned_eps": True}, {}),
     ("none", 2, {}, {}),
     ("none", 1, {}, {}),
+    ("mabn", 2, {"eps": 1e-3}, {}),  # iterations 1 and 2: raw statistics, r = 1
+    ("mabn", 1, {"eps": 1e-3}, {}),
+    ("gn_ws", 2, {"eps": 1e-3}, {"groups": 3}),
+    ("gn_ws", 1, {"eps": 1e-3, "groups": 2}, {"groups": 2}),
+    ("evonorm_s0", 2, {"eps": 1e-3}, {"groups": 3}),  # groups=32 -> 3 on C=6
+    ("evonorm_s0", 2, {"eps": 1e-3, "groups": 1, "min_channels_per_group": 1}, {"groups": 1}),
+    ("evonorm_s0", 1, {"eps": 1e-3, "groups": 2}, {"groups": 2}),
+    # act=False (build_norm's layer argument, passed along with the options here): no TLU / no sigmoid
+    ("frn", 2, {"eps": 1e-3, "learned_eps": False, "act": False}, {"act": False}),
+    ("frn", 2, {"eps": 1e-3, "learned_eps": True, "act": False}, {"act": False}),
+    ("frn", 1, {"eps": 1e-3, "learned_eps": False, "act": False}, {"act": False}),
+    ("frn", 1, {"eps": 1e-3, "learned_eps": True, "act": False}, {"act": False}),
+    ("evonorm_s0", 2, {"eps": 1e-3, "act": False}, {"groups": 3, "act": False}),
+    ("evonorm_s0", 2, {"eps": 1e-3, "groups": 1, "min_channels_per_group": 1, "act": False},
+     {"groups": 1, "act": False}),
+    ("evonorm_s0", 1, {"eps": 1e-3, "groups": 2, "act": False}, {"groups": 2, "act": False}),
 ]
+CASE_IDS = [f"{c[0]}-d{c[1]}-{i}" + ("-act_false" if c[2].get("act") is False else "") for i, c in enumerate(CASES)]
 
 
-@pytest.mark.parametrize("name,dim,opts,ref_kw", CASES, ids=[f"{c[0]}-d{c[1]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("name,dim,opts,ref_kw", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_norm_matches_reference(name, dim, opts, ref_kw, mode):
     m = _build(name, dim, **opts)
     getattr(m, mode)()
-    ref = _ref_for(name, opts.get("eps"), **ref_kw)
+    ref = _ref_for(name, opts.get("eps"), mode=mode, **ref_kw)
     _grads_match(m, ref, _input(dim, seed=3))
     _grads_match(m, ref, _input(dim, seed=4))  # no state carried between calls
 
 
 def test_every_registered_norm_has_a_reference_case():
-    covered = {c[0] for c in CASES} | {"bn"}
+    # batch-statistics norms other than BN are checked against references in test_norms_extra.py,
+    # whose tests are parametrized by BATCH_STAT_REFERENCE_DIMS (imported here, not at the top:
+    # test_norms_extra imports this module)
+    from test_norms_extra import ACT_FALSE_REFERENCE_DIMS, BATCH_STAT_REFERENCE_DIMS
+
+    covered = {c[0] for c in CASES} | {"bn"} | set(BATCH_STAT_REFERENCE_DIMS)
     assert covered == set(NORMS)
     for name in NORMS:
         for dim in _supported_dims(name):
-            assert name == "bn" or any(c[0] == name and c[1] == dim for c in CASES)
+            assert (name == "bn" or dim in BATCH_STAT_REFERENCE_DIMS.get(name, ())
+                    or any(c[0] == name and c[1] == dim for c in CASES))
+    # and the act=False form of every norm with its own activation, on each of its dims
+    linear = {(c[0], c[1]) for c in CASES if c[2].get("act") is False} | set(ACT_FALSE_REFERENCE_DIMS)
+    assert linear >= {(n, d) for n, d in NAME_DIMS if NORMS[n].includes_activation}
 
 
 # --------------------------------------------------------------------------- GN specifics
@@ -376,3 +474,18 @@ def test_frn_fc_fixed_eps_is_nearly_sign_and_tlu_clamps():
     x2 = torch.tensor([[[[1.0, -1.0], [3.0, -3.0]]]], dtype=torch.float64)  # mean x^2 = 5
     expected = torch.maximum(2.0 * x2 / math.sqrt(5 + 1e-6) - 0.5, torch.tensor(-1.0, dtype=torch.float64))
     torch.testing.assert_close(m2(x2), expected, **TOL)
+
+
+def test_frn_act_false_is_linear_and_can_be_negative():
+    """Explicit numbers: without the TLU the output is gamma * x_hat + beta, values below any tau included;
+    the activated form clamps at tau."""
+    lin = build_norm("frn", 1, 2, eps=1e-6, learned_eps=False, act=False).double()
+    with torch.no_grad():
+        lin.weight.fill_(2.0), lin.bias.fill_(-0.5)
+    x2 = torch.tensor([[[[1.0, -1.0], [3.0, -3.0]]]], dtype=torch.float64)  # mean x^2 = 5
+    torch.testing.assert_close(lin(x2), 2.0 * x2 / math.sqrt(5 + 1e-6) - 0.5, **TOL)
+    assert (lin(x2) < -1).any()
+    act = build_norm("frn", 1, 2, eps=1e-6, learned_eps=False).double()
+    with torch.no_grad():
+        act.weight.fill_(2.0), act.bias.fill_(-0.5), act.tau.fill_(-1.0)
+    assert (act(x2) >= -1).all()

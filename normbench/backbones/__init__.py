@@ -10,6 +10,9 @@ from torch import nn
 from ..norms import convert_convs
 from .lenet import LeNet
 from .norm_choice import NormChoice
+from .resnet import ResNet, build_resnet
+from .resnet_cifar import CifarResNet, build_cifar_resnet
+from .shufflenet import ShuffleNetV2, build_shufflenet_v2
 
 
 @dataclass(frozen=True)
@@ -25,9 +28,51 @@ def _lenet(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in
                  activation=options["activation"], pool=options["pool"])
 
 
+def _resnet20(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
+              image_size: int) -> nn.Module:
+    return build_cifar_resnet(20, options, norm_layer, num_classes, in_channels, image_size)
+
+
+def _resnet56(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
+              image_size: int) -> nn.Module:
+    return build_cifar_resnet(56, options, norm_layer, num_classes, in_channels, image_size)
+
+
+def _resnet18(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
+              image_size: int) -> nn.Module:
+    return build_resnet(18, options, norm_layer, num_classes, in_channels, image_size)
+
+
+def _resnet50(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
+              image_size: int) -> nn.Module:
+    return build_resnet(50, options, norm_layer, num_classes, in_channels, image_size)
+
+
+# Parameter counts in the descriptions are with norm=bn, 10 classes, 3-channel 32 px input (small stem) and the
+# configs' defaults; tests/test_backbones_cnn.py checks every one of them against a built model.
 BACKBONES: dict[str, BackboneSpec] = {
     "lenet": BackboneSpec(_lenet, "LeNet-5 (d2l): 2 conv + 3 fc, norm after every hidden layer",
                           "any channels, square images >= 12 px (28 px as in d2l)"),
+    "resnet20": BackboneSpec(
+        _resnet20, "CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 basic blocks, 16/32/64 channels, "
+        "zero-padding shortcuts; 269,722 params (BN, 10 classes)",
+        "any channels, images >= 5 px (32 in the paper); no stem downsampling"),
+    "resnet56": BackboneSpec(
+        _resnet56, "CIFAR ResNet-56 (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks, 16/32/64 channels, "
+        "zero-padding shortcuts; 853,018 params (BN, 10 classes)",
+        "any channels, images >= 5 px (32 in the paper); no stem downsampling"),
+    "resnet18": BackboneSpec(
+        _resnet18, "ResNet-18 (He et al. 2016), torchvision's layout; 11,173,962 params (BN, 10 classes; "
+        "ImageNet stem: 11,181,642 = torchvision's)",
+        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool"),
+    "resnet50": BackboneSpec(
+        _resnet50, "ResNet-50 (He et al. 2016), torchvision's layout; 23,520,842 params (BN, 10 classes; "
+        "ImageNet stem: 23,528,522 = torchvision's)",
+        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool"),
+    "shufflenet_v2": BackboneSpec(
+        build_shufflenet_v2, "ShuffleNet V2 (Ma et al. 2018), backbone.width 0.5/1.0/1.5/2.0: 352,042 / 1,263,854 / "
+        "2,488,874 / 5,365,486 params (BN, 10 classes; = torchvision's)",
+        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 3x3/2 stem + max-pool"),
 }
 
 INITS = ("default", "xavier")
@@ -70,4 +115,5 @@ def build_model(cfg: Any) -> tuple[nn.Module, NormChoice]:
     return model, norm_layer
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "LeNet", "NormChoice", "build_backbone", "build_model", "count_parameters"]
+__all__ = ["BACKBONES", "BackboneSpec", "CifarResNet", "LeNet", "NormChoice", "ResNet", "ShuffleNetV2",
+           "build_backbone", "build_model", "count_parameters"]

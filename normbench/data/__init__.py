@@ -1,20 +1,78 @@
-"""Data sets held as tensors on the training device: registry, `load_data` and stratified subsets."""
+"""Data sets: registry, `load_data`, the two batch sources (tensors on the device; a DataLoader) and
+the helpers the loaders share (config values, stratified subsets, normalization)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
 from normbench.errors import UserError
 
-__all__ = ["DATASETS", "DataSpec", "TensorData", "load_data", "stratified_subset"]
+__all__ = ["DATASETS", "DataSource", "DataSpec", "TensorData", "load_data", "stratified_subset", "tensor_batches"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, C, H, W) float32 on the device, targets (B,) int64)
+
+
+class DataSource(Protocol):
+    """What training and evaluation need from a data set, whichever way its batches are made."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    source: str              # where the data was read from
+
+    @property
+    def train_size(self) -> int: ...
+    @property
+    def test_size(self) -> int: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def augmentation(self) -> str: ...   # "none", or what is done to training images
+    @property
+    def pipeline(self) -> str: ...       # how batches are made, for the record
+
+    def train_batches(self, batch: int, count: int, generator: torch.Generator) -> Iterator[Batch]:
+        """`count` training micro-batches of exactly `batch` images in a fresh random order. All randomness
+        (order, augmentation) comes from `generator`, drawn when this is called (not lazily)."""
+
+    def test_batches(self, eval_batch: int) -> Iterator[Batch]:
+        """The whole test set in a fixed order, in chunks of at most `eval_batch` images."""
+
+    def close(self) -> None:
+        """Release worker processes, if any."""
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, count: int, generator: torch.Generator,
+                   augment: Any = None) -> Iterator[Batch]:
+    """Micro-batches as slices of one permutation of (x, y), augmented on x's device when `augment` is set.
+
+    The permutation (and the augmentation parameters of every position in it) are drawn now from the CPU
+    `generator`, so the order is the same on any device; with `augment=None` nothing else is drawn.
+    """
+    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    if augment is not None:
+        params = augment.draw(count * batch, generator).to(x.device)
+        fill = augment.fill_like(x)  # made once: a host-to-device copy per batch would sync
+
+    def batches() -> Iterator[Batch]:
+        for start in range(0, count * batch, batch):
+            index = order[start:start + batch]
+            inputs = x[index]
+            if augment is not None:
+                inputs = augment.apply(inputs, params[start:start + batch], fill)
+            yield inputs, y[index]
+
+    return batches()
 
 
 @dataclass
 class TensorData:
-    """A whole data set as tensors on one device; images already normalized."""
+    """A whole data set as tensors on one device; images already normalized. Training batches are slices
+    of a permutation, augmented on the device (`augment`, an `augment.Augment` or None)."""
 
     name: str
     train_x: torch.Tensor  # (N, C, H, W) float32
@@ -25,13 +83,44 @@ class TensorData:
     in_channels: int
     image_size: int
     source: str  # path the data was read from, or "synthetic"
+    augment: Any = None  # normbench.data.augment.Augment | None
+
+    @property
+    def train_size(self) -> int:
+        return self.train_x.shape[0]
+
+    @property
+    def test_size(self) -> int:
+        return self.test_x.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    @property
+    def augmentation(self) -> str:
+        return "none" if self.augment is None else f"{self.augment.describe()}, on the device"
+
+    @property
+    def pipeline(self) -> str:
+        return f"tensors on {self.device.type}"
+
+    def train_batches(self, batch: int, count: int, generator: torch.Generator) -> Iterator[Batch]:
+        return tensor_batches(self.train_x, self.train_y, batch, count, generator, self.augment)
+
+    def test_batches(self, eval_batch: int) -> Iterator[Batch]:
+        for start in range(0, self.test_size, eval_batch):
+            yield self.test_x[start:start + eval_batch], self.test_y[start:start + eval_batch]
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A registered data set: `loader(cfg, device) -> TensorData` and a one-line description."""
+    """A registered data set: `loader(cfg, device) -> DataSource` and a one-line description."""
 
-    loader: Callable[[Any, torch.device], TensorData]
+    loader: Callable[[Any, torch.device], DataSource]
     description: str
 
 
@@ -55,6 +144,14 @@ def cfg_int(cfg: Any, key: str, default: int | None = None, minimum: int | None 
     return value
 
 
+def cfg_bool(cfg: Any, key: str, default: bool = False) -> bool:
+    """A true/false config value, else UserError naming the key."""
+    value = cfg_get(cfg, key, default)
+    if not isinstance(value, bool):
+        raise UserError(f"data.{key} must be true or false, got {value!r}: e.g. data.{key}={str(default).lower()}")
+    return value
+
+
 def cfg_floats(cfg: Any, key: str, length: int) -> list[float]:
     """A per-channel list of floats (a scalar is broadcast) of exactly `length` entries."""
     value = cfg_get(cfg, key)
@@ -70,6 +167,53 @@ def cfg_floats(cfg: Any, key: str, length: int) -> list[float]:
     if len(floats) != length:
         raise UserError(f"data.{key} has {len(floats)} values but data.in_channels={length}: give one per channel")
     return floats
+
+
+def cfg_mean_std(cfg: Any, channels: int) -> tuple[list[float], list[float]]:
+    """data.mean and data.std, one per channel, std positive."""
+    mean, std = cfg_floats(cfg, "mean", channels), cfg_floats(cfg, "std", channels)
+    if any(s <= 0 for s in std):
+        raise UserError(f"data.std={std} must be positive")
+    return mean, std
+
+
+def check_fixed_shape(cfg: Any, title: str, in_channels: int, image_size: int) -> None:
+    """A data set whose images have one shape: data.in_channels and data.image_size must say so."""
+    if cfg_int(cfg, "in_channels", in_channels) != in_channels:
+        raise UserError(f"{title} images have {in_channels} channel{'s' * (in_channels > 1)}: "
+                        f"set data.in_channels={in_channels}")
+    if cfg_int(cfg, "image_size", image_size) != image_size:
+        raise UserError(f"{title} images are {image_size}x{image_size}: set data.image_size={image_size}")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, where: Any, fix: str) -> None:
+    """Every label in [0, num_classes), else UserError `where: ...: fix`."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise UserError(f"{where}: labels span [{low}, {high}], outside [0, {num_classes}): {fix}")
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float], device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 on `device` (moved as uint8: 4x less to copy), scaled to [0, 1] then
+    (x - mean) / std per channel: the same operations, in the same order, as ToTensor + Normalize."""
+    x = images.to(device).to(torch.float32).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def black(mean: list[float], std: list[float]) -> list[float]:
+    """The normalized value of a black pixel per channel: what crop padding fills in (torchvision's
+    RandomCrop(padding=p) pads the raw image with 0, before normalization)."""
+    return [-m / s for m, s in zip(mean, std)]
+
+
+def take_subset(images: torch.Tensor, labels: torch.Tensor, size: int | None, seed: int):
+    """(images, labels) restricted to a stratified subset of `size` (None: all)."""
+    if size is None or size == labels.numel():
+        return images, labels
+    index = stratified_subset(labels, size, seed)
+    return images[index], labels[index]
 
 
 def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -110,8 +254,8 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     return keep.sort().values.to(torch.as_tensor(labels).device)
 
 
-def load_data(cfg: Any, device: torch.device | str = "cpu") -> TensorData:
-    """Load the data set named by `cfg["name"]` onto `device`."""
+def load_data(cfg: Any, device: torch.device | str = "cpu") -> DataSource:
+    """Load the data set named by `cfg["name"]` for training on `device`."""
     name = cfg_get(cfg, "name")
     if name not in DATASETS:
         known = ", ".join(sorted(DATASETS))
@@ -120,9 +264,13 @@ def load_data(cfg: Any, device: torch.device | str = "cpu") -> TensorData:
 
 
 # Imported last: the loaders import TensorData and the helpers above from this module.
-from normbench.data import fashion_mnist, synthetic  # noqa: E402
+from normbench.data import cifar, fashion_mnist, imagefolder, mnist, synthetic  # noqa: E402
 
 DATASETS: dict[str, DataSpec] = {
     "fashion_mnist": DataSpec(fashion_mnist.load, fashion_mnist.DESCRIPTION),
+    "mnist": DataSpec(mnist.load, mnist.DESCRIPTION),
+    "cifar10": DataSpec(cifar.load_cifar10, cifar.CIFAR10.description),
+    "cifar100": DataSpec(cifar.load_cifar100, cifar.CIFAR100.description),
+    "imagefolder": DataSpec(imagefolder.load, imagefolder.DESCRIPTION),
     "synthetic": DataSpec(synthetic.load, synthetic.DESCRIPTION),
 }

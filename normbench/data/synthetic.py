@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from normbench.data import TensorData, cfg_get, cfg_int
+from normbench.data import TensorData, augment, cfg_get, cfg_int
 from normbench.errors import UserError
 
 DESCRIPTION = "per-class smooth random patterns plus Gaussian noise, made in memory (fast tests)"
@@ -51,6 +51,7 @@ def load(cfg: Any, device: torch.device) -> TensorData:
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise UserError(f"data.noise must be a number >= 0, got {noise!r}")
     noise = float(noise)
+    augmentation = augment.from_config(cfg, [0.0] * in_channels, image_size)  # pads with the data's mean, 0
 
     patterns = make_patterns(num_classes, in_channels, image_size, seed)
     train_x, train_y = make_split(patterns, train_size, noise, _generator(seed, 1))
@@ -65,4 +66,5 @@ def load(cfg: Any, device: torch.device) -> TensorData:
         in_channels=in_channels,
         image_size=image_size,
         source="synthetic",
+        augment=augmentation,
     )

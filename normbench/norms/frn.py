@@ -21,16 +21,27 @@ class FilterResponseNorm(nn.Module):
     initialised to 1e-4 (the paper allows a scalar or per-channel; per-channel keeps every
     parameter of a norm layer at shape (C,)). Without it there is no `eps_l` and eps is fixed.
     The TLU is the layer's activation: the backbone adds none after it.
+
+    act=False: FRN without the TLU, y = weight * x_hat + bias, and no `tau` parameter -- for the
+    positions where the original network has a norm with no activation after it (the last norm of a
+    residual branch, a projection shortcut's norm), where a TLU (a ReLU at its init tau = 0) would make
+    the network non-linear where it is linear. This is timm's FilterResponseNormTlu2d(apply_act=False);
+    the paper defines FRN (normalization + affine) and TLU as separate steps, so it is the paper's FRN.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, learned_eps: bool = False, dim: int = 2) -> None:
+    def __init__(self, num_channels: int, eps: float = 1e-6, learned_eps: bool = False, dim: int = 2,
+                 act: bool = True) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
         self.dim = dim
+        self.act = act
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.tau = nn.Parameter(torch.zeros(num_channels))
+        if act:
+            self.tau = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter("tau", None)
         if learned_eps:
             self.eps_l = nn.Parameter(torch.full((num_channels,), EPS_L_INIT))
         else:
@@ -47,22 +58,25 @@ class FilterResponseNorm(nn.Module):
         eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs().view(shape)
         x_hat = x * torch.rsqrt(nu2 + eps)
         y = self.weight.view(shape) * x_hat + self.bias.view(shape)
-        return torch.maximum(y, self.tau.view(shape))
+        return y if self.tau is None else torch.maximum(y, self.tau.view(shape))
 
     def extra_repr(self) -> str:
         learned = "learned_eps=True (eps + |eps_l|, eps_l per channel)" if self.learned_eps else "learned_eps=False"
-        return f"{self.num_channels}, eps={self.eps}, {learned}, dim={self.dim}"
+        act = "" if self.act else ", act=False (no TLU)"
+        return f"{self.num_channels}, eps={self.eps}, {learned}, dim={self.dim}{act}"
 
 
-def filter_response_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-6,
+def filter_response_norm(num_channels: int, dim: int = 2, act: bool = True, *, eps: float = 1e-6,
                          learned_eps: bool | str = "auto") -> nn.Module:
-    """FRN + TLU. learned_eps: True, False, or "auto" = learned on dim=1 (fully connected) only.
+    """FRN + TLU (act=False: FRN alone, no TLU; see FilterResponseNorm). learned_eps: True, False, or
+    "auto" = learned on dim=1 (fully connected) only.
 
     On fully connected layers nu2 = x^2, so with a fixed tiny eps x_hat is about sign(x); the
     paper learns eps there. Strings "true"/"false"/"auto" (any case) are accepted for configs.
+    `act` is a layer argument set by the backbone (build_norm's act), not a config option.
     """
     check_layer("frn", num_channels, dim)
     eps = check_eps("frn", eps)
     flag = parse_flag("frn", "learned_eps", learned_eps, extra=("auto",))
     learned = (dim == 1) if flag == "auto" else flag
-    return FilterResponseNorm(num_channels, eps=eps, learned_eps=learned, dim=dim)
+    return FilterResponseNorm(num_channels, eps=eps, learned_eps=learned, dim=dim, act=act)

@@ -66,3 +66,14 @@ def group_norm(num_channels: int, dim: int = 2, *, groups: int = 32, min_channel
     eps = check_eps("gn", eps)
     used = resolve_groups(num_channels, groups, min_channels_per_group, strict)
     return GroupNorm(num_channels, used, eps=eps, dim=dim, requested_groups=groups)
+
+
+def gn_ws(num_channels: int, dim: int = 2, *, groups: int = 32, min_channels_per_group: int = 2,
+          strict: bool = False, eps: float = 1e-5) -> nn.Module:
+    """GN + Weight Standardization (Qiao et al., 2019): the norm layer is exactly `group_norm`'s (same
+    options); the WS half is not in this module but on the convs, which build_model turns into
+    StandardizedConv2d because the registry gives gn_ws conv_weight="standardize". Linear layers are
+    not standardized (the WS paper standardizes conv weights)."""
+    check_layer("gn_ws", num_channels, dim)
+    return group_norm(num_channels, dim, groups=groups, min_channels_per_group=min_channels_per_group,
+                      strict=strict, eps=eps)

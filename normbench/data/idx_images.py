@@ -1,0 +1,152 @@
+"""Data sets shipped as four MNIST-format idx files (MNIST, Fashion-MNIST): one piece of code finds,
+downloads (torchvision), checks and loads them as normalized tensors on the device.
+
+A data set is described by an `IdxSet`; its module (mnist.py, fashion_mnist.py) builds it from its
+module-level constants each time it is used, so those constants can be pointed elsewhere (tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normbench.data import (TensorData, augment, black, cfg_bool, cfg_get, cfg_int, cfg_mean_std, check_fixed_shape,
+                            check_labels, normalize, take_subset)
+from normbench.data.idx import read_idx
+from normbench.errors import UserError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_SIZE = 28
+IN_CHANNELS = 1
+
+
+@dataclass(frozen=True)
+class IdxSet:
+    name: str                    # registry name, e.g. "mnist"
+    title: str                   # for messages, e.g. "MNIST"
+    torchvision_class: str       # torchvision.datasets class; it keeps the files in ROOT/<class>/raw
+    counts: dict[str, int]       # images per split
+    num_classes: int
+    system_dir: Path | None      # a system-wide copy looked at when data.root is null (Debian's package)
+    download_root: Path          # where data.download=true puts the files when data.root is null
+    not_found: str               # the one-line error when data.root is null and no copy is found
+    offline_fix: str             # how to get the files without the network, for the download error
+
+
+def find_files(folder: Path) -> dict[str, Path] | None:
+    """The four idx files in `folder` (plain preferred over .gz), or None if any is missing."""
+    found = {}
+    for key, name in FILES.items():
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def _in(root: Path, spec: IdxSet) -> dict[str, Path] | None:
+    """The files in `root` itself or in torchvision's `root/<class>/raw`."""
+    for folder in (root, root / spec.torchvision_class / "raw"):
+        found = find_files(folder)
+        if found is not None:
+            return found
+    return None
+
+
+def download(root: Path, spec: IdxSet) -> dict[str, Path]:
+    """Fetch the raw files with torchvision into root/<class>/raw."""
+    try:
+        # import_module, not `from torchvision import datasets`: tests put a fake in sys.modules
+        dataset_class = getattr(importlib.import_module("torchvision.datasets"), spec.torchvision_class)
+        dataset_class(root=str(root), train=True, download=True)
+        dataset_class(root=str(root), train=False, download=True)
+    except Exception as e:  # network, disk, checksum: all fixable by the user
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"downloading {spec.title} into {root} failed ({message}): "
+                        f"check the network, or {spec.offline_fix}") from None
+    raw = root / spec.torchvision_class / "raw"
+    found = find_files(raw)
+    if found is None:
+        raise UserError(f"torchvision downloaded {spec.title} but {raw} lacks the idx files: "
+                        "delete that folder and retry")
+    return found
+
+
+def locate(cfg: Any, spec: IdxSet) -> dict[str, Path]:
+    """The four idx files: in data.root if set (else the system copy, then the download folder), or
+    downloaded by torchvision when data.download=true."""
+    root = cfg_get(cfg, "root")
+    want_download = cfg_bool(cfg, "download", False)
+    if root is not None:
+        root = Path(str(root)).expanduser()
+        found = _in(root, spec)
+        if found is not None:
+            return found
+        if not want_download:
+            names = ", ".join(f"{n}[.gz]" for n in FILES.values())
+            raise UserError(f"{spec.title} not found in data.root={root} (nor {root}/{spec.torchvision_class}/raw): "
+                            f"put {names} there, or set data.download=true"
+                            + (", or data.root=null to use the system copy" if spec.system_dir else ""))
+        return download(root, spec)
+    for folder in ([spec.system_dir] if spec.system_dir else []) + [spec.download_root.expanduser()]:
+        found = _in(folder, spec)
+        if found is not None:
+            return found
+    if want_download:
+        return download(spec.download_root.expanduser(), spec)
+    raise UserError(spec.not_found)
+
+
+def read_split(files: dict[str, Path], split: str, num_classes: int, spec: IdxSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 1, 28, 28) and int64 labels (N,) of one split, checked."""
+    images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1).to(torch.int64)
+    expected = spec.counts[split]
+    fix = "reinstall or re-download it"
+    if images.shape[0] != expected:
+        raise UserError(f"{images_path}: {images.shape[0]} images where {spec.title} has {expected}: {fix}")
+    if tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(f"{images_path}: images are {tuple(images.shape[1:])}, not 28x28: {fix}")
+    if labels.shape[0] != expected:
+        raise UserError(f"{labels_path}: {labels.shape[0]} labels where {spec.title} has {expected}: {fix}")
+    check_labels(labels, num_classes, labels_path, f"set data.num_classes={spec.num_classes} or {fix}")
+    return images.unsqueeze(1), labels
+
+
+def load(cfg: Any, device: torch.device, spec: IdxSet) -> TensorData:
+    """Load the data set per `cfg` (keys of configs/data/<name>.yaml) onto `device`."""
+    num_classes = cfg_int(cfg, "num_classes", spec.num_classes, minimum=2)
+    check_fixed_shape(cfg, spec.title, IN_CHANNELS, IMAGE_SIZE)
+    mean, std = cfg_mean_std(cfg, IN_CHANNELS)
+    augmentation = augment.from_config(cfg, black(mean, std), IMAGE_SIZE)
+    train_size = cfg_int(cfg, "train_size", None, minimum=1)
+    test_size = cfg_int(cfg, "test_size", None, minimum=1)
+    seed = cfg_int(cfg, "subset_seed", 0)
+
+    files = locate(cfg, spec)
+    train_images, train_y = take_subset(*read_split(files, "train", num_classes, spec), train_size, seed)
+    test_images, test_y = take_subset(*read_split(files, "test", num_classes, spec), test_size, seed)
+    return TensorData(
+        name=spec.name,
+        train_x=normalize(train_images, mean, std, device),
+        train_y=train_y.to(device),
+        test_x=normalize(test_images, mean, std, device),
+        test_y=test_y.to(device),
+        num_classes=num_classes,
+        in_channels=IN_CHANNELS,
+        image_size=IMAGE_SIZE,
+        source=str(files["train_images"].parent),
+        augment=augmentation,
+    )

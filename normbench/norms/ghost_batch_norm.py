@@ -1,0 +1,112 @@
+"""Ghost Batch Normalization (Hoffer, Hubara & Soudry, "Train longer, generalize better", NeurIPS 2017)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._common import check_eps, check_input, check_int, check_layer
+from .sync_batch_norm import check_momentum
+
+
+def ghost_sizes(batch: int, ghost_batch: int) -> list[int]:
+    """Sizes of the virtual batches a batch of `batch` images is cut into, in order.
+
+    k = max(1, batch // ghost_batch) virtual batches of near-equal size (the first batch % k get one
+    image more): exactly `ghost_batch` each when it divides the batch, never one smaller than
+    `ghost_batch` unless the whole batch is (then it is one virtual batch), e.g. ghost_batch=16:
+    64 -> 4 x 16, 40 -> 20 + 20, 17 -> 17, 8 -> 8.
+    """
+    k = max(1, batch // ghost_batch)
+    base, extra = divmod(batch, k)
+    return [base + 1] * extra + [base] * (k - extra)
+
+
+class GhostBatchNorm(nn.Module):
+    """BN whose training statistics come from virtual ("ghost") batches of about `ghost_batch` images.
+
+    Training: the batch is cut into the virtual batches of `ghost_sizes` (consecutive images); each is
+    normalized with its own per-channel mean and biased variance over (images, H, W); then the
+    per-channel affine. The running statistics are updated once per virtual batch, in order, exactly
+    as if BN were applied to each virtual batch in turn (unbiased variance, torch's momentum
+    convention): after k virtual batches old stats weigh (1 - momentum)^k. So the per-step update is
+    stronger than BN's on the whole batch; that is the ghost batch's BN. Eval: BN with the running stats.
+    Computed without a Python loop over virtual batches (at most two reshapes: sizes base+1 and base).
+    """
+
+    def __init__(self, num_channels: int, ghost_batch: int = 16, eps: float = 1e-5, momentum: float = 0.1,
+                 dim: int = 2) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.ghost_batch = ghost_batch
+        self.eps = eps
+        self.momentum = momentum
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_mean", torch.zeros(num_channels))
+        self.register_buffer("running_var", torch.ones(num_channels))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))  # virtual batches seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.dim, self.num_channels)
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+        sizes = ghost_sizes(x.shape[0], self.ghost_batch)
+        per_image = x[0].numel() // self.num_channels  # H * W (1 on features)
+        if min(sizes) * per_image < 2:
+            raise ValueError(f"GhostBatchNorm needs more than 1 value per channel in every virtual batch, "
+                             f"got input {tuple(x.shape)} cut into {sizes}")
+        parts, means, variances = [], [], []
+        start = 0
+        for size in sorted(set(sizes), reverse=True):  # one vectorized block per distinct size (at most 2)
+            count = sizes.count(size)
+            block = x[start:start + size * count].reshape(count, size, *x.shape[1:])
+            axes = (1,) + tuple(range(3, block.dim()))  # images of a virtual batch, and H, W
+            var, mean = torch.var_mean(block, dim=axes, unbiased=False, keepdim=True)
+            parts.append(((block - mean) * torch.rsqrt(var + self.eps)).reshape(size * count, *x.shape[1:]))
+            n = size * per_image
+            means.append(mean.reshape(count, self.num_channels))
+            variances.append(var.reshape(count, self.num_channels) * (n / (n - 1)))
+            start += size * count
+        x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self._update_running(torch.cat(means), torch.cat(variances))
+        shape = (1, self.num_channels) + (1,) * (x.dim() - 2)
+        return x_hat * self.weight.view(shape) + self.bias.view(shape)
+
+    @torch.no_grad()
+    def _update_running(self, means: torch.Tensor, variances: torch.Tensor) -> None:
+        """k sequential EMA updates in closed form: new = (1-m)^k old + sum_i m (1-m)^(k-1-i) stat_i."""
+        k, m = means.shape[0], self.momentum
+        powers = torch.arange(k - 1, -1, -1, device=means.device, dtype=means.dtype)
+        weights = (m * (1.0 - m) ** powers).unsqueeze(1)  # (k, 1); no host-to-device copy
+        keep = (1.0 - m) ** k
+        self.running_mean.mul_(keep).add_((weights * means).sum(0))
+        self.running_var.mul_(keep).add_((weights * variances).sum(0))
+        self.num_batches_tracked.add_(k)
+
+    @torch.no_grad()
+    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse folds it
+        into the preceding conv/linear): eval is BN's with the running statistics."""
+        scale = self.weight.double() * torch.rsqrt(self.running_var.double() + self.eps)
+        return scale, self.bias.double() - self.running_mean.double() * scale
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_channels}, ghost_batch={self.ghost_batch}, eps={self.eps}, momentum={self.momentum}, "
+                f"dim={self.dim}")
+
+
+def ghost_batch_norm(num_channels: int, dim: int = 2, *, ghost_batch: int = 16, eps: float = 1e-5,
+                     momentum: float = 0.1) -> nn.Module:
+    """Ghost BN with virtual batches of `ghost_batch` images (the paper's |B_S|, 128 there for batches of
+    4096; 16 here, for the batch sizes normbench compares). A batch of fewer than 2 * ghost_batch images
+    is one virtual batch, i.e. plain BN; see `ghost_sizes`. ghost_batch >= 2, so that a virtual batch
+    of fully connected features never has a single value per channel."""
+    check_layer("gbn", num_channels, dim)
+    ghost_batch = check_int("gbn", "ghost_batch", ghost_batch, minimum=2)
+    eps = check_eps("gbn", eps)
+    momentum = check_momentum("gbn", momentum)
+    return GhostBatchNorm(num_channels, ghost_batch=ghost_batch, eps=eps, momentum=momentum, dim=dim)
