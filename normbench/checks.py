@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .norms import NORMS, build_norm
+from .norms import reference as ref
 from .norms.scratch_bn import batch_norm as scratch_batch_norm
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
@@ -61,6 +62,87 @@ def assert_same_module(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
     want = outputs_and_grads(b, x, list(b.parameters()))
     for i, (g, w) in enumerate(zip(got, want)):
         torch.testing.assert_close(g, w, **TOL, msg=lambda m, i=i: f"tensor {i} (0=output, 1=dx, 2..=dparams): {m}")
+
+
+def assert_matches_reference(module: nn.Module, reference: Callable, x: torch.Tensor) -> None:
+    """module(x) and reference(x, params) agree on the output and the gradients w.r.t. x and every parameter."""
+    params = dict(module.named_parameters())
+    copies = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
+    got = outputs_and_grads(module, x, list(params.values()))
+    want = outputs_and_grads(lambda t: reference(t, copies), x, list(copies.values()))
+    names = ["output", "d/dx", *[f"d/d{name}" for name in params]]
+    for name, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, **TOL, msg=lambda m, name=name: f"{name}: {m}")
+
+
+# Options that make a check exercise the interesting path on a 5-image batch: BRN with its bounds already
+# relaxed (r_max=3, d_max=5 from step 0), GBN with two virtual batches (3 + 2 images).
+CHECK_OPTIONS = {"brn": {"warmup_start": 0, "rmax_iters": 0, "dmax_iters": 0}, "gbn": {"ghost_batch": 2}}
+
+
+def _train_reference(name: str, module: nn.Module, act: bool, x: torch.Tensor) -> Callable:
+    """The formula for the first training step of a fresh layer."""
+    eps = getattr(module, "eps", None)
+    if name in ("bn", "syncbn"):
+        return lambda t, p: ref.ref_bn_train(t, p, eps)
+    if name == "brn":
+        c = x.shape[1]
+        zeros, ones = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
+        return lambda t, p: ref.ref_brn_train(t, p, eps, zeros, ones, module.r_max, module.d_max)
+    if name == "gbn":
+        from .norms.ghost_batch_norm import ghost_sizes
+
+        return lambda t, p: ref.ref_gbn_train(t, p, eps, ghost_sizes(x.shape[0], module.ghost_batch))
+    if name == "mabn":
+        return lambda t, p: ref.ref_mabn(t, p, eps, "train")
+    if name == "evonorm_b0":
+        return lambda t, p: ref.ref_evonorm_b0(t, p, eps, None, act)
+    return _stateless_reference(name, module, act)
+
+
+def _eval_reference(name: str, module: nn.Module, act: bool) -> Callable:
+    """The formula in eval mode, with the layer's running statistics after its training step."""
+    eps = getattr(module, "eps", None)
+    if name in ("bn", "syncbn", "brn", "gbn"):
+        return lambda t, p: ref.ref_bn_eval(t, p, eps, module.running_mean, module.running_var)
+    if name == "mabn":
+        return lambda t, p: ref._affine(t / torch.sqrt(ref._bcast(module.running_var, t) + eps), p, t)
+    if name == "evonorm_b0":
+        return lambda t, p: ref.ref_evonorm_b0(t, p, eps, module.running_var.detach().clone(), act)
+    return _stateless_reference(name, module, act)
+
+
+def _stateless_reference(name: str, module: nn.Module, act: bool) -> Callable:
+    eps = getattr(module, "eps", None)
+    return {
+        "ln": lambda t, p: ref.ref_ln(t, p, eps),
+        "in": lambda t, p: ref.ref_in(t, p, eps),
+        "gn": lambda t, p: ref.ref_gn(t, p, eps, module.num_groups),
+        "gn_ws": lambda t, p: ref.ref_gn(t, p, eps, module.num_groups),
+        "frn": lambda t, p: ref.ref_frn(t, p, eps, act),
+        "evonorm_s0": lambda t, p: ref.ref_evonorm_s0(t, p, eps, module.num_groups, act),
+        "none": ref.ref_none,
+    }[name]
+
+
+def _check_reference(name: str) -> Callable[[], str]:
+    def run() -> str:
+        spec = NORMS[name]
+        dims = (2, 1) if spec.supports_1d else (2,)
+        acts = (True, False) if spec.includes_activation else (True,)
+        done = []
+        for dim in dims:
+            shape = (5, 6, 4, 3) if dim == 2 else (5, 6)
+            for act in acts:
+                module = randomize(build_norm(name, 6, dim, act=act, **CHECK_OPTIONS.get(name, {})).double())
+                x = sample(shape, seed=3)
+                module.train()
+                assert_matches_reference(module, _train_reference(name, module, act, x), x)
+                module.eval()
+                assert_matches_reference(module, _eval_reference(name, module, act), sample(shape, seed=4))
+                done.append(f"dim={dim}" + ("" if act else " act=False"))
+        return f"train + eval, output + all gradients ({', '.join(done)})"
+    return run
 
 
 def _check_gn_equals(groups_of: Callable[[int], int], other: str) -> str:
@@ -130,7 +212,10 @@ def _check_folding(norm: str) -> Callable[[], str]:
 
 
 def all_checks() -> list[Check]:
-    checks = [
+    checks = [Check(f"{name} == its reference formula" + (" (warm-up: custom backward == autograd of "
+                    "y = gamma*x/sqrt(E[x^2]+eps)+beta)" if name == "mabn" else ""), (name,), _check_reference(name))
+              for name in NORMS]
+    checks += [
         Check("gn(groups=1) == ln", ("gn", "ln"), lambda: _check_gn_equals(lambda c: 1, "ln")),
         Check("gn(groups=C) == in", ("gn", "in"), lambda: _check_gn_equals(lambda c: c, "in")),
         Check("d2l from-scratch batch_norm == nn.BatchNorm2d", ("bn",), _check_scratch_bn),

@@ -15,6 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from normbench.norms.reference import (_affine, _bcast, _normalize, ref_bn_eval, ref_bn_running, ref_bn_train, ref_evonorm_s0,
+                                        ref_frn, ref_gn, ref_in, ref_ln, ref_mabn, ref_none)
 from normbench.norms import NORMS, NormSpec, build_norm, norm_options, resolve_groups
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "norm"
@@ -24,87 +26,6 @@ RUNNING_STATS = {"bn": {"running_mean", "running_var"}, "syncbn": {"running_mean
                  "evonorm_b0": {"running_var"}, "mabn": {"running_var"}}  # norms whose eval uses running stats
 N, C, H, W = 5, 6, 4, 3  # all different, so normalizing over a wrong axis shows
 TOL = dict(rtol=1e-9, atol=1e-10)
-
-
-# ----------------------------------------------------------------- references (paper formulas)
-def _bcast(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return p.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def _affine(xh, p, x):
-    return xh * _bcast(p["weight"], x) + _bcast(p["bias"], x)
-
-
-def _normalize(x, axes, eps):
-    mean = x.mean(dim=axes, keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)  # biased
-    return (x - mean) / torch.sqrt(var + eps)
-
-
-def ref_bn_train(x, p, eps):
-    axes = (0,) + tuple(range(2, x.dim()))
-    return _affine(_normalize(x, axes, eps), p, x)
-
-
-def ref_bn_running(batches, momentum, c):
-    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
-    for x in batches:
-        flat = x.detach().transpose(0, 1).reshape(c, -1)
-        n = flat.shape[1]
-        mean = flat.mean(dim=1)
-        var_unbiased = ((flat - mean[:, None]) ** 2).sum(dim=1) / (n - 1)
-        rm = (1 - momentum) * rm + momentum * mean
-        rv = (1 - momentum) * rv + momentum * var_unbiased
-    return rm, rv
-
-
-def ref_bn_eval(x, p, eps, rm, rv):
-    return _affine((x - _bcast(rm, x)) / torch.sqrt(_bcast(rv, x) + eps), p, x)
-
-
-def ref_ln(x, p, eps):
-    return _affine(_normalize(x, tuple(range(1, x.dim())), eps), p, x)
-
-
-def ref_in(x, p, eps):
-    return _affine(_normalize(x, (2, 3), eps), p, x)
-
-
-def ref_gn(x, p, eps, groups):
-    n, c = x.shape[:2]
-    xg = x.reshape(n, groups, -1)  # channels of a group are contiguous, with their (H, W)
-    return _affine(_normalize(xg, (2,), eps).reshape(x.shape), p, x)
-
-
-def ref_frn(x, p, eps, act=True):
-    """FRN: y = gamma * x / sqrt(nu2 + eps) + beta; with act, the TLU z = max(y, tau); act=False: y."""
-    nu2 = (x**2).mean(dim=(2, 3), keepdim=True) if x.dim() == 4 else x**2
-    e = eps + _bcast(p["eps_l"].abs(), x) if "eps_l" in p else eps
-    y = _affine(x / torch.sqrt(nu2 + e), p, x)
-    if not act:
-        return y
-    return torch.where(y > _bcast(p["tau"], x), y, _bcast(p["tau"], x))
-
-
-def ref_evonorm_s0(x, p, eps, groups, act=True):
-    """x * sigmoid(v x) / group std * gamma + beta; act=False: x / group std * gamma + beta."""
-    n = x.shape[0]
-    xg = x.reshape(n, groups, -1)  # as GN: a group's channels are contiguous, with their (H, W)
-    var = ((xg - xg.mean(dim=2, keepdim=True)) ** 2).mean(dim=2, keepdim=True)  # biased
-    std = torch.sqrt(var + eps).expand(xg.shape).reshape(x.shape)
-    num = x * torch.sigmoid(_bcast(p["v"], x) * x) if act else x
-    return _affine(num / std, p, x)
-
-
-def ref_none(x, p):
-    return x
-
-
-def ref_mabn(x, p, eps, mode):
-    """MABN at its first iterations (raw E[x^2], r = 1) in train mode, or fresh (running_var = 1) in eval."""
-    if mode == "eval":
-        return _affine(x / math.sqrt(1.0 + eps), p, x)
-    return _affine(x / torch.sqrt((x**2).mean(dim=(0,) + tuple(range(2, x.dim())), keepdim=True) + eps), p, x)
 
 
 # ------------------------------------------------------------------------------ helpers

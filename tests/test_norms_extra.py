@@ -19,6 +19,8 @@ from normbench.fuse import eval_affine, fold_norms
 from normbench.norms import NORMS, build_norm, norm_options, sync_world_size
 from normbench.norms.conv_weight import StandardizedConv2d
 from normbench.norms.ghost_batch_norm import ghost_sizes
+from normbench.norms.reference import (_axes, _biased_var, ref_brn_limits, ref_brn_train, ref_evonorm_b0,
+                                        ref_evonorm_b0_running, ref_gbn_train)
 from test_norms import (C, H, TOL, W, _affine, _bcast, _build, _grads_match, _input, _randomize, ref_bn_eval,
                         ref_bn_running, ref_bn_train)
 
@@ -33,59 +35,6 @@ STATS = ("running_mean", "running_var")
 
 def _cases(name):
     return [(name, d) for d in BATCH_STAT_REFERENCE_DIMS[name]]
-
-
-def _axes(x):
-    return (0,) + tuple(range(2, x.dim()))
-
-
-def _biased_var(x, axes):
-    return ((x - x.mean(dim=axes, keepdim=True)) ** 2).mean(dim=axes, keepdim=True)
-
-
-# ----------------------------------------------------------------- references (paper formulas)
-def ref_brn_limits(t, r_max, d_max, start, r_end, d_end):
-    """Paper's warm-up: r_max 1 -> r_max and d_max 0 -> d_max, linear from step `start` to `*_end`."""
-    def ramp(end):
-        if t < start:
-            return 0.0
-        return 1.0 if end == start else min(1.0, (t - start) / (end - start))
-    return 1.0 + (r_max - 1.0) * ramp(r_end), d_max * ramp(d_end)
-
-
-def ref_brn_train(x, p, eps, rm, rv, rmax, dmax):
-    """Batch Renorm, Algorithm 1: r and d from the running stats before the update, no gradient through them."""
-    axes = _axes(x)
-    mean = x.mean(dim=axes, keepdim=True)
-    std_b = torch.sqrt(_biased_var(x, axes) + eps)
-    sigma = torch.sqrt(_bcast(rv, x) + eps)
-    r = (std_b / sigma).detach().clamp(1.0 / rmax, rmax)
-    d = ((mean - _bcast(rm, x)) / sigma).detach().clamp(-dmax, dmax)
-    return _affine((x - mean) / std_b * r + d, p, x)
-
-
-def ref_gbn_train(x, p, eps, sizes):
-    """Ghost BN: BN (the formula) on each virtual batch of consecutive images, one affine."""
-    return torch.cat([ref_bn_train(chunk, p, eps) for chunk in x.split(sizes)])
-
-
-def ref_evonorm_b0(x, p, eps, running_var=None, act=True):
-    """EvoNorm-B0: x / max(sqrt(s2_b + eps), v x + sqrt(s2_i + eps)) * gamma + beta; biased variances;
-    s2_b is the batch variance over (N, H, W) in training, `running_var` in eval.
-    act=False: x / sqrt(s2_b + eps) * gamma + beta (no v, no instance term)."""
-    var_b = _biased_var(x, (0, 2, 3)) if running_var is None else _bcast(running_var, x)
-    left = torch.sqrt(var_b + eps).expand(x.shape)
-    if not act:
-        return _affine(x / left, p, x)
-    right = _bcast(p["v"], x) * x + torch.sqrt(_biased_var(x, (2, 3)) + eps)
-    return _affine(x / torch.where(left > right, left, right), p, x)
-
-
-def ref_evonorm_b0_running(batches, momentum, c):
-    rv = torch.ones(c, dtype=torch.float64)
-    for x in batches:
-        rv = (1 - momentum) * rv + momentum * _biased_var(x.detach(), (0, 2, 3)).view(-1)
-    return rv
 
 
 # ------------------------------------------------------------------------------ registry
