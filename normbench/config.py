@@ -14,7 +14,13 @@ from .errors import UserError
 
 # Keys of the run's identity (they name the run dir) and keys that never change results.
 IDENTITY_KEYS = ("batch", "accum", "seed")
-NON_RESULT_KEYS = ("out", "device", "log")
+NON_RESULT_KEYS = ("out", "device", "log", "data.workers")
+
+
+def changes_results(key: str) -> bool:
+    """False for settings that never change a run's numbers (where it writes, which device, logging, loader
+    workers): they are left out of the run key and of the checkpoint's identity."""
+    return not any(key == k or key.startswith(f"{k}.") for k in NON_RESULT_KEYS)
 GROUPS = ("backbone", "norm", "data", "optim")
 USER_CONFIG_ENV = "NORMBENCH_CONFIG_DIR"
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import build_model, count_parameters
-from .config import NON_RESULT_KEYS, flatten
+from .config import changes_results, flatten
 from .data import load_data
 from .errors import UserError
 from .optim import LRSchedule, build_optimizer, scaled_lr
@@ -52,7 +52,7 @@ def describe_norm_layers(model: torch.nn.Module, built: list[torch.nn.Module]) -
 
 def result_identity(cfg: DictConfig) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: every setting that can change results."""
-    return {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NON_RESULT_KEYS}
+    return {k: v for k, v in flatten(cfg).items() if changes_results(k)}
 
 
 def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_config_dir: str | None = None,

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import __version__
-from .config import IDENTITY_KEYS, NON_RESULT_KEYS, compose, flatten
+from .config import IDENTITY_KEYS, changes_results, compose, flatten
 
 RECORD = "record.json"
 CHECKPOINT = "checkpoint.pt"
@@ -28,7 +28,7 @@ def non_default_settings(cfg: DictConfig, choices: dict[str, str], user_config_d
     skip = set(IDENTITY_KEYS)
     differ = {}
     for key, value in flatten(cfg).items():
-        if key in skip or key.split(".")[0] in NON_RESULT_KEYS:
+        if key in skip or not changes_results(key):
             continue
         if key not in baseline or baseline[key] != value:
             differ[key] = value

@@ -71,6 +71,7 @@ def test_cuda_without_gpu(normbench):
 
 def test_missing_fashion_mnist_names_the_install_command(normbench, monkeypatch, tmp_path):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(fashion_mnist, "DEFAULT_DOWNLOAD_ROOT", tmp_path / "no-cache")  # a user's earlier download
     result = normbench("run", "log.progress=none", "epochs=1")
     assert_one_line_error(result, ["apt-get install dataset-fashion-mnist", "data.root"])
     assert not (result.root / "runs").exists()

@@ -137,7 +137,7 @@ def test_every_norm_trains_at_batch_2(normbench, norm):
     layers = record["setup"]["norm_layers"]
     if norm == "none":
         assert list(layers.values()) == ["Identity()"] * 4
-    elif norm == "in":  # no 1-D form: the two hidden fc layers go without, and the record says so
+    elif not NORMS[norm].supports_1d:  # no 1-D form (in, evonorm_b0): the hidden fc layers go without a norm
         assert len(layers) == 2 and len(record["setup"]["layers_without_norm"]) == 2
     else:
         assert len(layers) == 4
