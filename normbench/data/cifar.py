@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from normbench.data import (TensorData, augment, black, cfg_bool, cfg_get, cfg_int, cfg_mean_std, check_fixed_shape,
-                            check_labels, normalize, take_subset)
+from normbench.data import TensorData, cfg_bool, cfg_get, check_labels
+from normbench.data.tensor_set import load_image_set
 from normbench.errors import UserError
 
 DEFAULT_ROOT = Path("~/.cache/normbench/data")  # data.root=null: look here; data.download=true puts it here
@@ -141,29 +141,13 @@ def read_split(folder: Path, split: str, num_classes: int, spec: CifarSet) -> tu
 
 def load(cfg: Any, device: torch.device, spec: CifarSet) -> TensorData:
     """Load the set per `cfg` (keys of configs/data/cifar10.yaml / cifar100.yaml) onto `device`."""
-    num_classes = cfg_int(cfg, "num_classes", spec.num_classes, minimum=2)
-    check_fixed_shape(cfg, spec.title, IN_CHANNELS, IMAGE_SIZE)
-    mean, std = cfg_mean_std(cfg, IN_CHANNELS)
-    augmentation = augment.from_config(cfg, black(mean, std), IMAGE_SIZE)
-    train_size = cfg_int(cfg, "train_size", None, minimum=1)
-    test_size = cfg_int(cfg, "test_size", None, minimum=1)
-    seed = cfg_int(cfg, "subset_seed", 0)
+    def find() -> tuple[Any, str]:
+        folder = locate(cfg, spec)
+        return folder, str(folder)
 
-    folder = locate(cfg, spec)
-    train_images, train_y = take_subset(*read_split(folder, "train", num_classes, spec), train_size, seed)
-    test_images, test_y = take_subset(*read_split(folder, "test", num_classes, spec), test_size, seed)
-    return TensorData(
-        name=spec.name,
-        train_x=normalize(train_images, mean, std, device),
-        train_y=train_y.to(device),
-        test_x=normalize(test_images, mean, std, device),
-        test_y=test_y.to(device),
-        num_classes=num_classes,
-        in_channels=IN_CHANNELS,
-        image_size=IMAGE_SIZE,
-        source=str(folder),
-        augment=augmentation,
-    )
+    return load_image_set(cfg, device, name=spec.name, title=spec.title, default_classes=spec.num_classes,
+                          in_channels=IN_CHANNELS, image_size=IMAGE_SIZE, locate=find,
+                          read_split=lambda handle, split, classes: read_split(handle, split, classes, spec))
 
 
 def load_cifar10(cfg: Any, device: torch.device) -> TensorData:

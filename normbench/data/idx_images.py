@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from normbench.data import (TensorData, augment, black, cfg_bool, cfg_get, cfg_int, cfg_mean_std, check_fixed_shape,
-                            check_labels, normalize, take_subset)
+from normbench.data import TensorData, cfg_bool, cfg_get, check_labels
+from normbench.data.tensor_set import load_image_set
 from normbench.data.idx import read_idx
 from normbench.errors import UserError
 
@@ -127,26 +127,10 @@ def read_split(files: dict[str, Path], split: str, num_classes: int, spec: IdxSe
 
 def load(cfg: Any, device: torch.device, spec: IdxSet) -> TensorData:
     """Load the data set per `cfg` (keys of configs/data/<name>.yaml) onto `device`."""
-    num_classes = cfg_int(cfg, "num_classes", spec.num_classes, minimum=2)
-    check_fixed_shape(cfg, spec.title, IN_CHANNELS, IMAGE_SIZE)
-    mean, std = cfg_mean_std(cfg, IN_CHANNELS)
-    augmentation = augment.from_config(cfg, black(mean, std), IMAGE_SIZE)
-    train_size = cfg_int(cfg, "train_size", None, minimum=1)
-    test_size = cfg_int(cfg, "test_size", None, minimum=1)
-    seed = cfg_int(cfg, "subset_seed", 0)
+    def find() -> tuple[Any, str]:
+        files = locate(cfg, spec)
+        return files, str(files["train_images"].parent)
 
-    files = locate(cfg, spec)
-    train_images, train_y = take_subset(*read_split(files, "train", num_classes, spec), train_size, seed)
-    test_images, test_y = take_subset(*read_split(files, "test", num_classes, spec), test_size, seed)
-    return TensorData(
-        name=spec.name,
-        train_x=normalize(train_images, mean, std, device),
-        train_y=train_y.to(device),
-        test_x=normalize(test_images, mean, std, device),
-        test_y=test_y.to(device),
-        num_classes=num_classes,
-        in_channels=IN_CHANNELS,
-        image_size=IMAGE_SIZE,
-        source=str(files["train_images"].parent),
-        augment=augmentation,
-    )
+    return load_image_set(cfg, device, name=spec.name, title=spec.title, default_classes=spec.num_classes,
+                          in_channels=IN_CHANNELS, image_size=IMAGE_SIZE, locate=find,
+                          read_split=lambda handle, split, classes: read_split(handle, split, classes, spec))
