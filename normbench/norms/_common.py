@@ -57,3 +57,14 @@ def check_input(module: torch.nn.Module, x: torch.Tensor, dim: int, num_channels
     if x.dim() != ndim or x.shape[1] != num_channels:
         want = f"(N, {num_channels}, H, W)" if dim == 2 else f"(N, {num_channels})"
         raise ValueError(f"{type(module).__name__} built for dim={dim} expects input {want}, got {tuple(x.shape)}")
+
+
+def check_momentum(norm: str, momentum: object, allow_none: bool = False) -> float | None:
+    """A running-statistics momentum in [0, 1] (torch convention: new = (1 - m) * old + m * batch);
+    None (torch's cumulative average) only where `allow_none`."""
+    if momentum is None and allow_none:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0:
+        also = " (or null)" if allow_none else ""
+        raise NormConfigError(f"norm {norm!r}: momentum must be a number in [0, 1]{also}, got {momentum!r}")
+    return float(momentum)

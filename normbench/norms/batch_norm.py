@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from numbers import Real
-
 import torch.nn as nn
 
-from ._common import NormConfigError, check_eps, check_layer
+from ._common import check_eps, check_layer, check_momentum
 
 
 def batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1) -> nn.Module:
@@ -19,9 +17,6 @@ def batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: 
     """
     check_layer("bn", num_channels, dim)
     eps = check_eps("bn", eps)
-    if momentum is not None and (
-        isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0
-    ):
-        raise NormConfigError(f"norm 'bn': momentum must be a number in [0, 1] (or null), got {momentum!r}")
+    momentum = check_momentum("bn", momentum, allow_none=True)
     cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
     return cls(num_channels, eps=eps, momentum=None if momentum is None else float(momentum))

@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import NormConfigError, check_eps, check_input, check_int, check_layer
-from .sync_batch_norm import check_momentum
+from ._common import NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
 
 
 class BatchRenorm(nn.Module):

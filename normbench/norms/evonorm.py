@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import NormConfigError, check_eps, check_input, check_int, check_layer
+from ._common import NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
 from .group_norm import resolve_groups
-from .sync_batch_norm import check_momentum
 
 # Variances: the paper writes s^2 for "variance" without a correction; the authors' reference code
 # (tf.nn.moments) uses the BIASED variance everywhere, including for B0's moving variance. We follow

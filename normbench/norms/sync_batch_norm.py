@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from numbers import Real
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ._common import NormConfigError, check_eps, check_input, check_layer
-
-
-def check_momentum(norm: str, momentum: object, allow_none: bool = False) -> float | None:
-    """A running-statistics momentum in [0, 1] (torch convention: new = (1 - m) * old + m * batch);
-    None (torch's cumulative average) only where `allow_none`."""
-    if momentum is None and allow_none:
-        return None
-    if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0:
-        also = " (or null)" if allow_none else ""
-        raise NormConfigError(f"norm {norm!r}: momentum must be a number in [0, 1]{also}, got {momentum!r}")
-    return float(momentum)
+from ._common import check_eps, check_input, check_layer, check_momentum
 
 
 def _layer_world_size(layer: nn.SyncBatchNorm) -> int:
