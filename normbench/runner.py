@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+from collections import Counter
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,15 @@ def describe_norm_layers(model: torch.nn.Module, built: list[torch.nn.Module]) -
     """{layer name in the model: the norm module's repr}, e.g. GN's groups per layer."""
     ids = {id(module) for module in built}
     return {name: repr(module) for name, module in model.named_modules() if id(module) in ids}
+
+
+def summarize_norm_layers(layers: dict[str, str], listed: int = 6) -> str:
+    """Every layer for small models; for big ones a count per module type (the full list is in record.json)."""
+    if len(layers) <= listed:
+        return "norm layers: " + ("; ".join(f"{name}: {text}" for name, text in layers.items()) or "none")
+    kinds = Counter(text.split("(")[0] for text in layers.values())
+    return (f"norm layers: {len(layers)} ({', '.join(f'{n} x {kind}' for kind, n in kinds.items())}); "
+            f"each layer's settings are in record.json under setup.norm_layers")
 
 
 def result_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -123,8 +133,7 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     progress.line(f"run {key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch} x accum {cfg.accum} "
                   f"(SGD batch {sgd_batch}, lr {lr:.4g}), {data.train_size} train images on {device}")
     progress.line(f"data: {data.name} from {data.source} ({data.pipeline}); augmentation: {data.augmentation}")
-    progress.line("norm layers: " + "; ".join(f"{n}: {r}" for n, r in record["setup"]["norm_layers"].items())
-                  if record["setup"]["norm_layers"] else "norm layers: none")
+    progress.line(summarize_norm_layers(record["setup"]["norm_layers"]))
     for note in norm_layer.skipped:
         progress.line(f"note: {note}")
 
