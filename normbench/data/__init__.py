@@ -113,7 +113,7 @@ class TensorData:
             yield self.test_x[start:start + eval_batch], self.test_y[start:start + eval_batch]
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the tensors go with the object (FolderData stops its loader workers here)."""
 
 
 @dataclass(frozen=True)
