@@ -147,6 +147,38 @@ def check(norm: Optional[str] = typer.Option(None, "--norm", help="Only the chec
         raise typer.Exit(1)
 
 
+@app.command()
+def table(
+    path: Path = typer.Argument(..., help="A sweep folder or any folder containing run dirs (searched recursively)."),
+    fmt: str = typer.Option("md", "--format", help="md (printed Markdown), latex (booktabs) or csv (raw numbers)."),
+    metric: str = typer.Option("test_error", "--metric", help="test_error, best_test_error or train_loss."),
+    rows: str = typer.Option("norm", "--rows", help="Config key for the rows (e.g. norm, backbone)."),
+    cols: str = typer.Option("batch", "--cols", help="Config key for the columns (e.g. batch, accum, norm.groups)."),
+    cost: bool = typer.Option(False, "--cost", help="Add mean images/s and peak memory (MB) per row."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of printing."),
+) -> None:
+    """Paper-style table from the run records under PATH: mean ± std over seeds, best per column in bold."""
+    from .results import build_table, render, write_text
+
+    text = render(build_table(path, metric, rows, cols), fmt, cost)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {write_text(out, text)}")
+
+
+@app.command()
+def plot(
+    path: Path = typer.Argument(..., help="A sweep folder or any folder containing run dirs (searched recursively)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default PATH/error_vs_batch.png)."),
+    metric: str = typer.Option("test_error", "--metric", help="test_error, best_test_error or train_loss."),
+) -> None:
+    """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds."""
+    from .plots import plot as draw
+
+    typer.echo(f"wrote {draw(path, out, metric)}")
+
+
 def _reject_options(args: list[str]) -> None:
     """Unknown --options would otherwise reach Hydra as overrides and fail with a confusing message."""
     for arg in args:
