@@ -87,6 +87,40 @@ def run(
         typer.echo(f"{record['status']}: {result.run_dir}")
 
 
+SWEEP_HELP = """Run the grid of all sweep overrides (Hydra syntax), one cell after another, then write
+<out>/sweeps/<name>/ (sweep.yaml, table.md, table.tex, table.csv, error_vs_batch.png).
+
+Examples: normbench sweep norm=bn,gn batch=2,4,8 seed=0,1,2 | normbench sweep norm=gn batch=range(2,9,2)
+
+Sweeps: comma lists (a=1,2), range(start,stop[,step]), choice(...); other overrides apply to every cell.
+Every cell is checked before any trains. Completed runs are skipped, so rerunning a sweep only does what is
+missing; a failed or diverged cell is reported and the others go on. Same keys as `normbench run --help`."""
+
+
+@app.command(context_settings=EXTRA_ARGS, help=SWEEP_HELP)
+def sweep(
+    ctx: typer.Context,
+    name: Optional[str] = typer.Option(None, "--name", help="Folder name under <out>/sweeps/ (default: from the "
+                                       "swept keys and values, e.g. norm-bn,gn_batch-2,4)."),
+    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Extra folder of config groups "
+                                              "(e.g. DIR/norm/mine.yaml), searched before the shipped ones. "
+                                              "Also NORMBENCH_CONFIG_DIR."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+) -> None:
+    from .sweep import describe, run_sweep
+
+    overrides = list(ctx.args)
+    _reject_options(overrides)
+    try:
+        result = run_sweep(overrides, name, str(config_dir) if config_dir else None,
+                           echo=typer.echo, echo_err=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:  # the current run keeps its last checkpoint; completed cells are skipped next time
+        typer.echo("interrupted: rerun the same sweep command to resume (completed cells are skipped)", err=True)
+        raise typer.Exit(130) from None
+    for line in describe(result):
+        typer.echo(line)
+
+
 LISTABLE = ("norms", "backbones", "data", "experiments")
 
 

@@ -1,0 +1,281 @@
+"""`normbench sweep`: the Cartesian grid of Hydra sweep overrides, run cell by cell in this process.
+
+Hydra's compose API does not multirun, so the grid is expanded here with Hydra's own override parser
+(comma lists, `range(...)`, `choice(...)`) and each cell is composed on its own. Every cell is composed and
+validated before any trains; cells then run sequentially through `normbench.runner.run`, which skips
+completed runs (so rerunning a sweep only does what is missing). At the end the sweep's table (md, LaTeX,
+CSV) and error-vs-batch figure are written to `<out>/sweeps/<name>/` next to a `sweep.yaml` listing the cells.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import itertools
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig
+
+from .config import compose, explain_hydra_error
+from .errors import UserError
+
+SWEEP_FILE = "sweep.yaml"
+TABLE_FILES = {"md": "table.md", "latex": "table.tex", "csv": "table.csv"}
+NAME_MAX = 80
+
+
+@dataclass
+class Grid:
+    overrides: list[str]                      # as the user typed them
+    swept: list[tuple[str, list[str]]]        # (key, values) of each sweep override, in the order given
+    cells: list[list[str]]                    # one full override list per cell
+    labels: list[str]                         # the swept part of each cell, e.g. "norm=gn batch=2"
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.swept]
+
+
+@dataclass
+class Cell:
+    overrides: list[str]
+    label: str                                # the swept part, e.g. "norm=gn batch=2"
+    cfg: DictConfig
+    choices: dict[str, str]
+    run_key: str
+    run_dir: Path
+    outcome: str = "pending"                  # completed / skipped / diverged / failed
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    name: str
+    sweep_dir: Path
+    cells: list[Cell]
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"{len(self.cells)} cells: {c.get('completed', 0)} completed, {c.get('skipped', 0)} skipped "
+                f"(already completed), {c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed")
+
+
+def _bare_key(key: str) -> str:
+    return key.lstrip("+~")
+
+
+def expand(overrides: list[str]) -> Grid:
+    """Hydra sweep overrides -> the grid. Non-sweep overrides apply to every cell; each cell keeps the
+    user's order of overrides with each sweep replaced by one of its values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    parser = OverridesParser.create()
+    slots: list[list[str]] = []
+    swept_slots: list[int] = []
+    swept: list[tuple[str, list[str]]] = []
+    for text in overrides:
+        try:  # one at a time, so that the error names the bad one
+            override = parser.parse_overrides([text])[0]
+        except (HydraException, OmegaConfBaseException) as error:
+            raise UserError(explain_hydra_error(error, [text])) from error
+        if not override.is_sweep_override():
+            slots.append([text])
+            continue
+        key = override.get_key_element()
+        if not override.is_discrete_sweep():
+            raise UserError(f"{text!r}: only comma lists, range(...) and choice(...) can be swept "
+                            f"(interval sweeps need an optimizer), e.g. lr=0.05,0.1")
+        if _bare_key(key) == "out":
+            raise UserError(f"{text!r}: out cannot be swept (a sweep writes under one output root); "
+                            f"give one out=DIR")
+        if _bare_key(key) in [_bare_key(k) for k, _ in swept]:
+            raise UserError(f"{text!r}: {_bare_key(key)} is swept twice; give all its values in one list")
+        values = list(override.sweep_string_iterator())
+        if not values:
+            raise UserError(f"{text!r} sweeps over no values; give at least one, e.g. batch=2,4")
+        swept.append((key, values))
+        swept_slots.append(len(slots))
+        slots.append([f"{key}={value}" for value in values])
+    cells = [list(choice) for choice in itertools.product(*slots)]
+    labels = [" ".join(cell[i] for i in swept_slots) or " ".join(cell) or "(defaults)" for cell in cells]
+    return Grid(overrides, swept, cells, labels)
+
+
+def default_name(grid: Grid) -> str:
+    """`norm-bn,gn_batch-2,4` from the swept keys and values; a single cell is named after its overrides."""
+    if grid.swept:
+        raw = "_".join(f"{_bare_key(key)}-{','.join(values)}" for key, values in grid.swept)
+    else:
+        raw = "_".join(grid.overrides) or "default"
+    return sanitize(raw)
+
+
+def sanitize(raw: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._,=+-]+", "-", raw).strip("-.") or "sweep"
+    if len(name) > NAME_MAX:
+        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
+        name = f"{name[:NAME_MAX - 9].rstrip('-.')}-{digest}"
+    return name
+
+
+def prepare(grid: Grid, user_config_dir: str | None) -> list[Cell]:
+    """Compose and validate every cell and find its run dir, before anything trains; a bad value is one
+    UserError line that names the cell."""
+    from .runs import non_default_settings, run_key
+    from .validate import validate
+
+    cells: list[Cell] = []
+    seen: set[Path] = set()
+    for overrides, label in zip(grid.cells, grid.labels):
+        try:
+            cfg, choices = compose(overrides, user_config_dir, with_choices=True)
+            validate(cfg)
+        except UserError as error:
+            where = f"sweep cell {label}: " if len(grid.cells) > 1 else ""
+            raise UserError(f"{where}{error}") from error
+        key = run_key(cfg, non_default_settings(cfg, choices, user_config_dir))
+        run_dir = Path(cfg.out).expanduser() / "runs" / key
+        if run_dir in seen:  # e.g. batch=2,2: the same run twice
+            continue
+        seen.add(run_dir)
+        cells.append(Cell(overrides, label, cfg, choices, key, run_dir))
+    return cells
+
+
+def reset_state(seed: int) -> None:
+    """Nothing of one run may reach the next: reseed every global RNG and release cached memory.
+    (The runner seeds torch itself; python's and numpy's RNGs are reseeded too in case a library uses them.)"""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: str | None = None,
+              echo: Callable[[str], None] = print, echo_err: Callable[[str], None] | None = None) -> SweepResult:
+    """Validate the whole grid, run each cell (skipping completed ones), then write the sweep folder.
+    KeyboardInterrupt propagates (completed cells stay done; rerunning resumes)."""
+    from .runner import run as run_one
+
+    echo_err = echo_err or echo
+    grid = expand(overrides)
+    name = sanitize(name) if name else default_name(grid)
+    cells = prepare(grid, user_config_dir)
+    out = Path(cells[0].cfg.out).expanduser()
+    result = SweepResult(name, out / "sweeps" / name, cells)
+    total = len(cells)
+    for index, cell in enumerate(cells, 1):
+        echo(f"[{index}/{total}] {cell.label}  ->  {cell.run_dir}")
+        reset_state(int(cell.cfg.seed))
+        try:
+            run = run_one(cell.cfg, cell.choices, cell.overrides, user_config_dir)
+        except UserError as error:  # e.g. data missing: stop, naming the cell; finished cells stay done
+            raise UserError(f"sweep cell {cell.label}: {error}") from error
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # the runner recorded it as failed; the other cells still run
+            cell.outcome = "failed"
+            cell.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            echo_err(f"failed: {cell.label}: {cell.error} (record in {cell.run_dir})")
+            continue
+        status = run.record.get("status")
+        if run.skipped:
+            cell.outcome = "skipped"
+        elif status == "completed":
+            cell.outcome = "completed"
+        elif status == "diverged":
+            cell.outcome = "diverged"
+            echo_err(f"diverged: {cell.label} ({cell.run_dir / 'record.json'})")
+        else:
+            cell.outcome = "failed"
+            cell.error = f"run ended with status {status}"
+            echo_err(f"failed: {cell.label}: {cell.error}")
+    for cell in cells:
+        result.counts[cell.outcome] = result.counts.get(cell.outcome, 0) + 1
+    write_outputs(result, grid, user_config_dir)
+    return result
+
+
+def table_axes(keys: list[str]) -> tuple[str, str]:
+    """Rows and columns of the sweep's table: norm x batch like the GN paper when those are swept (or fixed);
+    otherwise the swept keys themselves. Seeds are averaged, never an axis."""
+    swept = [k for k in keys if k != "seed"]
+    cols = "batch" if "batch" in swept or not [k for k in swept if k != "norm"] else \
+        next(k for k in swept if k != "norm")
+    rest = [k for k in swept if k not in (cols,)]
+    rows = "norm" if "norm" in rest or not rest else rest[0]
+    return rows, cols
+
+
+def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) -> None:
+    """sweep.yaml, table.{md,tex,csv} and error_vs_batch.png in the sweep folder, from exactly this sweep's
+    run records. A table or figure that cannot be made (e.g. a non-numeric column) is noted, not fatal."""
+    import yaml
+
+    from .plots import DEFAULT_NAME, make_figure
+    from .results import RECORD, build_table, load_runs, render, write_text
+
+    folder = result.sweep_dir
+    summary = {
+        "name": result.name,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "overrides": list(grid.overrides),
+        "config_dir": user_config_dir,
+        "swept": {key: values for key, values in grid.swept},
+        "counts": {k: result.counts.get(k, 0) for k in ("completed", "skipped", "diverged", "failed")},
+        "cells": [{"overrides": cell.overrides, "run_key": cell.run_key, "run_dir": str(cell.run_dir),
+                   "outcome": cell.outcome, **({"error": cell.error} if cell.error else {})}
+                  for cell in result.cells],
+    }
+    write_text(folder / SWEEP_FILE, yaml.safe_dump(summary, sort_keys=False, allow_unicode=True))
+
+    runs = []
+    for cell in result.cells:
+        record = cell.run_dir / RECORD
+        if record.is_file():
+            try:
+                runs += load_runs(record)
+            except UserError:  # unreadable: load_runs warned already
+                pass
+    if not runs:
+        result.notes.append("no run records to tabulate")
+        return
+    rows, cols = table_axes([_bare_key(k) for k in grid.keys])
+    try:
+        table = build_table(folder, "test_error", rows, cols, runs=runs)
+    except UserError as error:
+        result.notes.append(f"no table: {error}")
+        return
+    for fmt, filename in TABLE_FILES.items():
+        write_text(folder / filename, render(table, fmt))
+    try:
+        figure = make_figure(table)
+        folder.mkdir(parents=True, exist_ok=True)
+        figure.savefig(folder / DEFAULT_NAME, format="png", dpi=150)
+    except UserError as error:
+        result.notes.append(f"no figure: {error}")
+    except OSError as error:
+        raise UserError(f"cannot write {folder / DEFAULT_NAME}: {error.strerror or error}") from None
+
+
+def describe(result: SweepResult) -> list[str]:
+    """The closing lines: summary, notes, where the outputs are."""
+    lines = [result.summary(), *(f"note: {note}" for note in result.notes)]
+    lines.append(f"wrote {result.sweep_dir}/ ({', '.join(sorted(p.name for p in result.sweep_dir.iterdir()))})"
+                 if result.sweep_dir.is_dir() else f"nothing written to {result.sweep_dir}")
+    return lines
