@@ -35,6 +35,8 @@ def make_figure(table: Table) -> Figure:
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks])
     ax.minorticks_off()
+    if table.cols_key == "batch":
+        ax.invert_xaxis()  # large batch on the left, shrinking to the right, as in the GN paper's Figure 1
     ax.set_xlabel(f"{table.cols_key} (images per device)" if table.cols_key == "batch" else table.cols_key)
     ax.set_ylabel(METRICS[table.metric][0])
     ax.set_title(f"{METRICS[table.metric][0]} vs {table.cols_key} (mean ± std over seeds)")

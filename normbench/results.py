@@ -124,18 +124,33 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _record_files(root: Path) -> list[Path]:
+    """A sweep folder (with sweep.yaml) names its cells' run dirs; any other folder is searched recursively."""
+    sweep_file = root / "sweep.yaml"
+    if root.is_dir() and sweep_file.is_file():
+        import yaml
+
+        try:
+            cells = yaml.safe_load(sweep_file.read_text()).get("cells", [])
+            return [Path(cell["run_dir"]) / RECORD for cell in cells]
+        except (OSError, ValueError, AttributeError, KeyError, TypeError, yaml.YAMLError) as error:
+            raise UserError(f"{sweep_file} is unreadable ({type(error).__name__}); point at the sweep's "
+                            f"out folder instead (e.g. <out>/runs)") from None
+    return [root] if root.is_file() and root.name == RECORD else sorted(root.rglob(RECORD))
+
+
 def load_runs(path: Path | str) -> list[Run]:
-    """Every readable record.json under PATH (searched recursively); unreadable ones are skipped with one
-    warning line each. No records at all -> UserError."""
+    """Every readable record.json under PATH (searched recursively), or of the cells a sweep folder's
+    sweep.yaml lists; unreadable ones are skipped with one warning line each. No records at all -> UserError."""
     root = Path(path)
     if not root.exists():
         raise UserError(f"{root} does not exist; give a sweep folder or any folder containing run dirs")
-    files = [root] if root.is_file() and root.name == RECORD else sorted(root.rglob(RECORD))
+    files = _record_files(root)
     runs = []
     for file in files:
         try:
             record = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as error:
+        except (OSError, UnicodeDecodeError, ValueError) as error:  # missing, truncated or not JSON
             warn(f"skipping unreadable {file}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
             continue
         if not isinstance(record, dict) or "status" not in record or not isinstance(record.get("config"), dict):

@@ -120,6 +120,12 @@ def test_resume_trains_only_what_is_missing_and_writes_the_sweep_folder(normbenc
         value = float(csv_rows[record["config"]["norm"]["name"]][f"batch={record['config']['batch']} mean"])
         assert value == pytest.approx(record["metrics"]["test_error"])
     assert "\\toprule" in (folder / "table.tex").read_text()
+    # `normbench table <sweep folder>` reads exactly the cells its sweep.yaml lists (a stray run elsewhere
+    # under the out folder does not leak in) and prints what the sweep wrote
+    assert normbench("run", "data=synthetic", "data.train_size=32", "data.test_size=16", "epochs=1", "batch=8",
+                     "norm=ln", "log.progress=none", out=root).code == 0
+    from_folder = normbench("table", str(folder))
+    assert from_folder.code == 0 and from_folder.out.strip() == table.strip()
 
     # delete one run: the rerun trains that one only
     removed = next(iter(records))

@@ -206,6 +206,7 @@ def test_plot_figure_and_png(tmp_path, normbench):
     assert len(ax.containers) == 3  # one errorbar line per norm
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bn", "gn", "ln"]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["2", "32"]
+    assert ax.xaxis_inverted()  # batch shrinks left to right, as in the GN paper's Figure 1
     assert "(%)" in ax.get_ylabel() and "batch" in ax.get_xlabel()
     bn_line = ax.containers[0].lines[0]
     assert list(bn_line.get_xdata()) == [2, 32] and list(bn_line.get_ydata()) == pytest.approx([34.5, 23.6])
