@@ -9,6 +9,8 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .norms._common import running_stats_affine
+
 
 def eval_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(scale, shift) per channel such that norm(x) == scale * x + shift in eval mode, or None when the
@@ -19,13 +21,7 @@ def eval_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     if hasattr(norm, "eval_affine"):
         return norm.eval_affine()
     if isinstance(norm, _BatchNorm) and norm.track_running_stats and norm.running_var is not None:
-        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight.double()
-        shift = -norm.running_mean.double() * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias.double()
-        return scale, shift
+        return running_stats_affine(norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps)
     return None
 
 

@@ -228,7 +228,7 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
     import yaml
 
     from .plots import DEFAULT_NAME, make_figure
-    from .results import RECORD, build_table, load_runs, render, write_text
+    from .results import build_table, load_runs, render, write_text
 
     folder = result.sweep_dir
     summary = {
@@ -244,15 +244,9 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
     }
     write_text(folder / SWEEP_FILE, yaml.safe_dump(summary, sort_keys=False, allow_unicode=True))
 
-    runs = []
-    for cell in result.cells:
-        record = cell.run_dir / RECORD
-        if record.is_file():
-            try:
-                runs += load_runs(record)
-            except UserError:  # unreadable: load_runs warned already
-                pass
-    if not runs:
+    try:
+        runs = load_runs(folder)  # exactly the cells sweep.yaml lists, as `normbench table <folder>` reads them
+    except UserError:
         result.notes.append("no run records to tabulate")
         return
     rows, cols = table_axes([_bare_key(k) for k in grid.keys])

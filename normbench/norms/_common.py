@@ -68,3 +68,17 @@ def check_momentum(norm: str, momentum: object, allow_none: bool = False) -> flo
         also = " (or null)" if allow_none else ""
         raise NormConfigError(f"norm {norm!r}: momentum must be a number in [0, 1]{also}, got {momentum!r}")
     return float(momentum)
+
+
+@torch.no_grad()
+def running_stats_affine(weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor,
+                         running_var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) in float64 with BN's eval output = scale * x + shift per channel: what normbench.fuse
+    folds into the preceding conv/linear for every norm that evaluates with running statistics."""
+    scale = torch.rsqrt(running_var.double() + eps)
+    if weight is not None:
+        scale = scale * weight.double()
+    shift = -running_mean.double() * scale
+    if bias is not None:
+        shift = shift + bias.double()
+    return scale, shift

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
+from ._common import (NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum,
+                      running_stats_affine)
 
 
 class BatchRenorm(nn.Module):
@@ -92,8 +93,7 @@ class BatchRenorm(nn.Module):
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse folds it
         into the preceding conv/linear): eval is BN's with the running statistics."""
-        scale = self.weight.double() * torch.rsqrt(self.running_var.double() + self.eps)
-        return scale, self.bias.double() - self.running_mean.double() * scale
+        return running_stats_affine(self.weight, self.bias, self.running_mean, self.running_var, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max} "

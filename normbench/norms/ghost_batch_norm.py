@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import check_eps, check_input, check_int, check_layer, check_momentum
+from ._common import check_eps, check_input, check_int, check_layer, check_momentum, running_stats_affine
 
 
 def ghost_sizes(batch: int, ghost_batch: int) -> list[int]:
@@ -90,8 +90,7 @@ class GhostBatchNorm(nn.Module):
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse folds it
         into the preceding conv/linear): eval is BN's with the running statistics."""
-        scale = self.weight.double() * torch.rsqrt(self.running_var.double() + self.eps)
-        return scale, self.bias.double() - self.running_mean.double() * scale
+        return running_stats_affine(self.weight, self.bias, self.running_mean, self.running_var, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, ghost_batch={self.ghost_batch}, eps={self.eps}, momentum={self.momentum}, "
