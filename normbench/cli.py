@@ -74,6 +74,10 @@ def run(
     except KeyboardInterrupt:  # the record says "interrupted" and the last checkpoint is kept
         typer.echo("interrupted: rerun the same command to resume from the last checkpoint", err=True)
         raise typer.Exit(130) from None
+    from .distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 reports the run
+        return
     record = result.record
     metrics = record.get("metrics", {})
     if result.skipped:
@@ -93,8 +97,13 @@ SWEEP_HELP = """Run the grid of all sweep overrides (Hydra syntax), one cell aft
 Examples: normbench sweep norm=bn,gn batch=2,4,8 seed=0,1,2 | normbench sweep norm=gn batch=range(2,9,2)
 
 Sweeps: comma lists (a=1,2), range(start,stop[,step]), choice(...); other overrides apply to every cell.
+A preset may hold the grid: normbench sweep experiment=gn_paper --jobs 2 (normbench list experiments).
 Every cell is checked before any trains. Completed runs are skipped, so rerunning a sweep only does what is
-missing; a failed or diverged cell is reported and the others go on. Same keys as `normbench run --help`."""
+missing; a failed or diverged cell is reported and the others go on. Same keys as `normbench run --help`.
+
+Parallel / cluster (Hydra launchers): --jobs N runs N cells at once on this machine (joblib);
+hydra/launcher=submitit_slurm hydra.launcher.partition=P hydra.launcher.timeout_min=120 submits one SLURM job
+per cell (pip install 'normbench[slurm]'); hydra/launcher=submitit_local tries that locally."""
 
 
 @app.command(context_settings=EXTRA_ARGS, help=SWEEP_HELP)
@@ -105,6 +114,8 @@ def sweep(
     config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Extra folder of config groups "
                                               "(e.g. DIR/norm/mine.yaml), searched before the shipped ones. "
                                               "Also NORMBENCH_CONFIG_DIR."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells trained at once in local worker processes (Hydra's "
+                             "joblib launcher); torch threads are split between them."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
 ) -> None:
     from .sweep import describe, run_sweep
@@ -113,7 +124,7 @@ def sweep(
     _reject_options(overrides)
     try:
         result = run_sweep(overrides, name, str(config_dir) if config_dir else None,
-                           echo=typer.echo, echo_err=lambda line: typer.echo(line, err=True))
+                           echo=typer.echo, echo_err=lambda line: typer.echo(line, err=True), jobs=jobs)
     except KeyboardInterrupt:  # the current run keeps its last checkpoint; completed cells are skipped next time
         typer.echo("interrupted: rerun the same sweep command to resume (completed cells are skipped)", err=True)
         raise typer.Exit(130) from None
@@ -204,13 +215,29 @@ def table(
 @app.command()
 def plot(
     path: Path = typer.Argument(..., help="A sweep folder or any folder containing run dirs (searched recursively)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default PATH/error_vs_batch.png)."),
-    metric: str = typer.Option("test_error", "--metric", help="test_error, best_test_error or train_loss."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default PATH/error_vs_batch.png, "
+                                       "with --curves PATH/curves.png)."),
+    metric: str = typer.Option("test_error", "--metric", help="test_error, best_test_error or train_loss "
+                               "(error-vs-batch figure only)."),
+    rows: str = typer.Option("norm", "--rows", help="Config key for the lines (e.g. norm, backbone)."),
+    cols: str = typer.Option("batch", "--cols", help="Config key for the x axis, or for the panels with --curves "
+                             "(e.g. batch, accum, norm.groups)."),
+    curves: bool = typer.Option(False, "--curves", help="Training curves from the runs' TensorBoard events instead: "
+                                "one panel per --cols value, train loss and test error vs epoch, one line per "
+                                "--rows value (mean over seeds, band = min..max)."),
 ) -> None:
-    """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds."""
+    """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds (or --curves)."""
+    if curves:
+        from .curves import plot_curves
+
+        if metric != "test_error":
+            raise UserError("--metric chooses the error-vs-batch figure's y; --curves always draws train loss "
+                            "and test error: drop one of the two options")
+        typer.echo(f"wrote {plot_curves(path, out, rows, cols)}")
+        return
     from .plots import plot as draw
 
-    typer.echo(f"wrote {draw(path, out, metric)}")
+    typer.echo(f"wrote {draw(path, out, metric, rows, cols)}")
 
 
 def _reject_options(args: list[str]) -> None:

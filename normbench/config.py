@@ -52,6 +52,17 @@ def compose(overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | 
 
     With `with_choices`, also returns the option picked in each config group (e.g. {"norm": "gn"}).
     """
+    cfg = compose_with_hydra(overrides, user_config_dir)
+    choices = {group: str(cfg.hydra.runtime.choices[group]) for group in GROUPS
+               if cfg.hydra.runtime.choices.get(group) is not None}
+    OmegaConf.set_struct(cfg, False)
+    del cfg["hydra"]
+    OmegaConf.set_struct(cfg, True)
+    return (cfg, choices) if with_choices else cfg
+
+
+def compose_with_hydra(overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | None = None) -> DictConfig:
+    """The composed config including its `hydra` node (launcher, sweeper params of an experiment preset)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -62,24 +73,24 @@ def compose(overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose("config", overrides=overrides + _search_path_overrides(user_config_dir),
-                                return_hydra_config=True)
+            return hydra_compose("config", overrides=overrides + _search_path_overrides(user_config_dir),
+                                 return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(explain_hydra_error(error, overrides)) from error
     finally:
         GlobalHydra.instance().clear()
-    choices = {group: str(cfg.hydra.runtime.choices[group]) for group in GROUPS
-               if cfg.hydra.runtime.choices.get(group) is not None}
-    OmegaConf.set_struct(cfg, False)
-    del cfg["hydra"]
-    OmegaConf.set_struct(cfg, True)
-    return (cfg, choices) if with_choices else cfg
+
+
+def preset_sweep(overrides: Iterable[str], user_config_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """The grid an experiment preset holds in `hydra.sweeper.params` (e.g. {"norm": "bn,gn", "batch": "32,2"})."""
+    params = compose_with_hydra(overrides, user_config_dir).hydra.sweeper.get("params")
+    return {str(key): str(value) for key, value in (params or {}).items()}
 
 
 def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
     """Hydra's multi-line error text -> one line that names the problem and the fix."""
     text = str(error)
-    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if missing:
         group, option = missing.groups()
         options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)

@@ -21,7 +21,7 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from .config import compose, explain_hydra_error
+from .config import compose, explain_hydra_error, preset_sweep
 from .errors import UserError
 
 SWEEP_FILE = "sweep.yaml"
@@ -71,23 +71,40 @@ def _bare_key(key: str) -> str:
     return key.lstrip("+~")
 
 
-def expand(overrides: list[str]) -> Grid:
-    """Hydra sweep overrides -> the grid. Non-sweep overrides apply to every cell; each cell keeps the
-    user's order of overrides with each sweep replaced by one of its values."""
+def _parse(text: str):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    try:  # one at a time, so that the error names the bad one
+        return OverridesParser.create().parse_overrides([text])[0]
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(explain_hydra_error(error, [text])) from error
+
+
+def experiment_of(overrides: list[str]) -> str | None:
+    """The `experiment=NAME` preset among the overrides, if any."""
+    names = [text.split("=", 1)[1] for text in overrides if _bare_key(text.split("=", 1)[0]) == "experiment"]
+    return names[-1] if names else None
+
+
+def expand(overrides: list[str], user_config_dir: str | None = None) -> Grid:
+    """Hydra sweep overrides -> the grid. Non-sweep overrides apply to every cell; each cell keeps the
+    user's order of overrides with each sweep replaced by one of its values. An `experiment=` preset may hold
+    a grid in `hydra.sweeper.params`; as in Hydra's multirun, a key given on the command line replaces the
+    preset's sweep of that key."""
     overrides = list(overrides)
-    parser = OverridesParser.create()
+    texts = list(overrides)
+    if experiment_of(overrides) is not None:
+        given = {_bare_key(_parse(text).get_key_element()) for text in overrides}
+        fixed = [text for text in overrides if not _parse(text).is_sweep_override()]
+        texts += [f"{key}={values}" for key, values in preset_sweep(fixed, user_config_dir).items()
+                  if _bare_key(key) not in given]
     slots: list[list[str]] = []
     swept_slots: list[int] = []
     swept: list[tuple[str, list[str]]] = []
-    for text in overrides:
-        try:  # one at a time, so that the error names the bad one
-            override = parser.parse_overrides([text])[0]
-        except (HydraException, OmegaConfBaseException) as error:
-            raise UserError(explain_hydra_error(error, [text])) from error
+    for text in texts:
+        override = _parse(text)
         if not override.is_sweep_override():
             slots.append([text])
             continue
@@ -112,7 +129,15 @@ def expand(overrides: list[str]) -> Grid:
 
 
 def default_name(grid: Grid) -> str:
-    """`norm-bn,gn_batch-2,4` from the swept keys and values; a single cell is named after its overrides."""
+    """`norm-bn,gn_batch-2,4` from the swept keys and values; a single cell is named after its overrides.
+    With a preset: its name, then the other overrides as typed (`gn_paper_backbone=resnet20_seed-0,1,2`)."""
+    experiment = experiment_of(grid.overrides)
+    if experiment is not None:
+        typed = dict(grid.swept)
+        parts = [experiment] + [f"{_bare_key(text.split('=', 1)[0])}-{','.join(typed[text.split('=', 1)[0]])}"
+                                if text.split("=", 1)[0] in typed else text
+                                for text in grid.overrides if _bare_key(text.split("=", 1)[0]) != "experiment"]
+        return sanitize("_".join(parts))
     if grid.swept:
         raw = "_".join(f"{_bare_key(key)}-{','.join(values)}" for key, values in grid.swept)
     else:
@@ -167,17 +192,45 @@ def reset_state(seed: int) -> None:
 
 
 def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: str | None = None,
-              echo: Callable[[str], None] = print, echo_err: Callable[[str], None] | None = None) -> SweepResult:
+              echo: Callable[[str], None] = print, echo_err: Callable[[str], None] | None = None,
+              jobs: int = 1) -> SweepResult:
     """Validate the whole grid, run each cell (skipping completed ones), then write the sweep folder.
+    Cells run one after another in this process, or through a Hydra launcher: joblib with `jobs` > 1,
+    or the one named by a `hydra/launcher=...` override (submitit_slurm, submitit_local).
     KeyboardInterrupt propagates (completed cells stay done; rerunning resumes)."""
-    from .runner import run as run_one
+    from .launch import check_launcher, is_hydra_override, launcher_name
 
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give the number of cells to train at once, 1 or more")
     echo_err = echo_err or echo
-    grid = expand(overrides)
+    hydra_overrides = [text for text in overrides if is_hydra_override(text)]
+    grid = expand([text for text in overrides if not is_hydra_override(text)], user_config_dir)
     name = sanitize(name) if name else default_name(grid)
     cells = prepare(grid, user_config_dir)
     out = Path(cells[0].cfg.out).expanduser()
     result = SweepResult(name, out / "sweeps" / name, cells)
+    launcher = launcher_name(hydra_overrides, jobs)
+    if launcher is None:
+        if hydra_overrides:
+            raise UserError(f"{hydra_overrides[0]!r}: Hydra settings apply to launched sweeps only; add "
+                            f"--jobs N or hydra/launcher=submitit_slurm, or drop it")
+        _run_here(cells, user_config_dir, echo, echo_err)
+    else:
+        if not any(text.lstrip("+").startswith("hydra/launcher=") for text in hydra_overrides):
+            hydra_overrides.append(f"hydra/launcher={launcher}")  # --jobs N alone: Hydra's joblib launcher
+        check_launcher(launcher, hydra_overrides, cells[0].overrides, user_config_dir)
+        _run_launched(cells, grid, hydra_overrides, launcher, jobs, result.sweep_dir, user_config_dir, echo, echo_err)
+    for cell in cells:
+        result.counts[cell.outcome] = result.counts.get(cell.outcome, 0) + 1
+    write_outputs(result, grid, user_config_dir)
+    return result
+
+
+def _run_here(cells: list[Cell], user_config_dir: str | None, echo: Callable[[str], None],
+              echo_err: Callable[[str], None]) -> None:
+    """Every cell in turn in this process; a failed or diverged cell is reported and the next one runs."""
+    from .runner import run as run_one
+
     total = len(cells)
     for index, cell in enumerate(cells, 1):
         echo(f"[{index}/{total}] {cell.label}  ->  {cell.run_dir}")
@@ -193,22 +246,46 @@ def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: st
             cell.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             echo_err(f"failed: {cell.label}: {cell.error} (record in {cell.run_dir})")
             continue
-        status = run.record.get("status")
-        if run.skipped:
-            cell.outcome = "skipped"
-        elif status == "completed":
-            cell.outcome = "completed"
-        elif status == "diverged":
-            cell.outcome = "diverged"
-            echo_err(f"diverged: {cell.label} ({cell.run_dir / 'record.json'})")
-        else:
-            cell.outcome = "failed"
-            cell.error = f"run ended with status {status}"
-            echo_err(f"failed: {cell.label}: {cell.error}")
+        _settle(cell, run.record, run.skipped, echo_err)
+
+
+def _settle(cell: Cell, record: dict | None, skipped: bool, echo_err: Callable[[str], None]) -> None:
+    """The cell's outcome from its run record."""
+    status = (record or {}).get("status")
+    if skipped:
+        cell.outcome = "skipped"
+    elif status == "completed":
+        cell.outcome = "completed"
+    elif status == "diverged":
+        cell.outcome = "diverged"
+        echo_err(f"diverged: {cell.label} ({cell.run_dir / 'record.json'})")
+    else:
+        cell.outcome = "failed"
+        cell.error = (record or {}).get("error") or (f"run ended with status {status}" if status
+                                                     else "the job wrote no record (see the launcher's files)")
+        echo_err(f"failed: {cell.label}: {cell.error}")
+
+
+def _run_launched(cells: list[Cell], grid: Grid, hydra_overrides: list[str], launcher: str, jobs: int,
+                  sweep_dir: Path, user_config_dir: str | None, echo: Callable[[str], None],
+                  echo_err: Callable[[str], None]) -> None:
+    """The grid through Hydra's multirun and the chosen launcher; outcomes are read from the run records."""
+    from .launch import launch, quoted
+    from .runs import read_record
+
+    done_before = {cell.run_dir for cell in cells
+                   if (read_record(cell.run_dir) or {}).get("status") == "completed"}
+    todo = len(cells) - len(done_before)
+    echo(f"{len(cells)} cells ({len(done_before)} already completed) through Hydra's {launcher} launcher"
+         + (f", {jobs} at a time" if launcher == "joblib" else "") + f"; launcher files in {sweep_dir / 'launcher'}")
+    if todo:
+        given = {_bare_key(text.split("=", 1)[0]) for text in grid.overrides}
+        extra = [f"out={quoted(Path(cells[0].cfg.out).expanduser().resolve())}"]  # jobs may run elsewhere
+        if not any(key == "log" or key.startswith("log.progress") for key in given):
+            extra.append("log.progress=none")  # N interleaved progress bars are noise; each job prints its end
+        launch(grid.overrides + extra, hydra_overrides, launcher, jobs, sweep_dir, user_config_dir)
     for cell in cells:
-        result.counts[cell.outcome] = result.counts.get(cell.outcome, 0) + 1
-    write_outputs(result, grid, user_config_dir)
-    return result
+        _settle(cell, read_record(cell.run_dir), cell.run_dir in done_before, echo_err)
 
 
 def table_axes(keys: list[str]) -> tuple[str, str]:

@@ -1,0 +1,152 @@
+"""Parallel and cluster sweeps through Hydra's own launcher plugins, not a home-made scheduler.
+
+`normbench sweep --jobs N` and `normbench sweep hydra/launcher=submitit_slurm ...` hand the grid to Hydra's
+multirun (`hydra.main`, driven by rewriting `sys.argv`, the only entry that launchers plug into): the joblib
+launcher runs cells in N local worker processes, the submitit launchers run each cell as a SLURM job (or as a
+local subprocess with `submitit_local`). Hydra expands the same overrides with the same parser as
+`normbench.sweep.expand`, so its jobs are exactly the cells that `normbench.sweep.prepare` validated. Each job
+trains through `normbench.runner.run`, so completed runs are skipped and interrupted ones resume, as in a
+sequential sweep; the job never raises (Hydra would abort the whole multirun), its outcome lands in the run's
+record.json, which the sweep reads afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from .errors import UserError
+
+HYDRA_PREFIXES = ("hydra.", "hydra/", "+hydra.", "+hydra/", "~hydra.")
+LAUNCHER_EXTRA = {"submitit": "pip install 'normbench[slurm]' (hydra-submitit-launcher)",
+                  "joblib": "pip install hydra-joblib-launcher"}
+
+
+def is_hydra_override(text: str) -> bool:
+    """`hydra/launcher=submitit_slurm`, `hydra.launcher.timeout_min=60`: settings of the launch, not of a run."""
+    return text.startswith(HYDRA_PREFIXES)
+
+
+def launcher_name(hydra_overrides: list[str], jobs: int) -> str | None:
+    """The launcher a sweep uses: the one named by `hydra/launcher=...`, joblib for --jobs > 1, else None
+    (cells run one after another in this process)."""
+    for text in hydra_overrides:
+        if text.lstrip("+").startswith("hydra/launcher="):
+            return text.split("=", 1)[1]
+    return "joblib" if jobs > 1 else None
+
+
+def quoted(value: object) -> str:
+    """A value for a Hydra override, quoted so that commas or brackets in paths are not read as a sweep."""
+    text = str(value)
+    if "'" in text:
+        raise UserError(f"{text}: a path given to Hydra's launcher cannot contain a single quote; rename it")
+    return f"'{text}'"
+
+
+def launcher_settings(name: str, jobs: int, sweep_dir: Path) -> list[str]:
+    """Hydra overrides that set up the launcher and keep Hydra's own files inside the sweep folder."""
+    settings = [
+        f"hydra.sweep.dir={quoted(sweep_dir / 'launcher')}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        "hydra.output_subdir=null",          # the run dir already holds config.yaml and record.json
+        "hydra.job.chdir=false",
+        "hydra/job_logging=disabled",        # normbench prints its own lines; no <job>.log per cell
+        "hydra/hydra_logging=disabled",
+    ]
+    if name == "joblib":
+        settings += [f"hydra.launcher.n_jobs={max(jobs, 1)}", "hydra.launcher.batch_size=1"]
+    return settings
+
+
+def check_launcher(name: str, hydra_overrides: list[str], first_cell: list[str], user_config_dir: str | None) -> None:
+    """Compose once with the launcher settings so that a missing plugin or a bad launcher key is one clear
+    line before anything starts."""
+    from .config import compose_with_hydra
+
+    try:
+        compose_with_hydra(first_cell + hydra_overrides, user_config_dir)
+    except UserError as error:
+        message = str(error)
+        hint = next((fix for key, fix in LAUNCHER_EXTRA.items() if key in name), None)
+        if message.startswith("unknown hydra/launcher") and hint:
+            message += f"; the {name} launcher needs: {hint}"
+        raise UserError(message) from None
+
+
+def launch(overrides: list[str], hydra_overrides: list[str], name: str, jobs: int, sweep_dir: Path,
+           user_config_dir: str | None) -> None:
+    """Run the grid of `overrides` (as typed; Hydra adds an experiment preset's sweeper params itself, with the
+    same precedence as `normbench.sweep.expand`) through Hydra's multirun and the chosen launcher; returns
+    when every job ended."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import _search_path_overrides, config_dir
+
+    argv = ["normbench-sweep", "--multirun", *overrides, *hydra_overrides,
+            *launcher_settings(name, jobs, sweep_dir), *_search_path_overrides(user_config_dir)]
+    entry = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(sweep_job)
+    saved_argv = sys.argv
+    GlobalHydra.instance().clear()
+    sys.argv = argv
+    try:
+        entry()
+    except SystemExit as stop:  # Hydra reports its own errors and exits; turn that into our one line
+        if stop.code not in (0, None):
+            raise UserError(f"the {name} launcher failed (exit {stop.code}); its output is above and its files "
+                            f"are in {sweep_dir / 'launcher'}") from None
+    finally:
+        sys.argv = saved_argv
+        GlobalHydra.instance().clear()
+
+
+def _job_threads(launcher: DictConfig) -> int | None:
+    """Torch threads per job: the CPUs SLURM/submitit gives a task, or this machine's CPUs shared by n_jobs."""
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs:
+        return max(1, (os.cpu_count() or 1) // int(n_jobs))
+    return None
+
+
+def sweep_job(cfg: DictConfig) -> dict[str, Any]:
+    """One cell inside a Hydra job (a joblib worker, a SLURM task, a submitit subprocess). Never raises:
+    Hydra would stop the whole multirun at the first failed job."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import GROUPS
+    from .runner import run as run_one
+    from .sweep import reset_state
+
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    label = " ".join(overrides)
+    choices = {group: str(hydra_cfg.runtime.choices[group]) for group in GROUPS
+               if hydra_cfg.runtime.choices.get(group) is not None}
+    user_dirs = [entry.path.removeprefix("file://") for entry in hydra_cfg.searchpath
+                 if str(entry.path).startswith("file://")]
+    threads = _job_threads(hydra_cfg.launcher)
+    if threads:
+        torch.set_num_threads(threads)
+    reset_state(int(cfg.seed))
+    echo: Callable[[str], None] = lambda line: print(line, flush=True)
+    try:
+        result = run_one(cfg, choices, overrides, user_dirs[0] if user_dirs else None)
+    except UserError as error:
+        echo(f"failed: {label}: {error}")
+        return {"status": "failed", "error": str(error)}
+    except Exception as error:  # the runner recorded it as failed in record.json
+        echo(f"failed: {label}: {type(error).__name__}: {error}")
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    status = "skipped" if result.skipped else result.record.get("status")
+    metrics = result.record.get("metrics") or {}
+    error = metrics.get("test_error")
+    echo(f"{status}: {result.run_dir.name}" + (f"  test_error {error:.2f}%" if isinstance(error, float) else ""))
+    return {"status": status, "run_dir": str(result.run_dir)}
