@@ -124,6 +124,13 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _cell_record(sweep_dir: Path, cell: dict) -> Path:
+    """A sweep cell's record: in the runs folder beside the sweep (<out>/sweeps/<name> -> <out>/runs/<key>), so
+    that an out folder moved or copied elsewhere (e.g. committed results) still reads; else where it was run."""
+    beside = sweep_dir.parent.parent / "runs" / str(cell["run_key"]) / RECORD
+    return beside if beside.is_file() else Path(cell["run_dir"]) / RECORD
+
+
 def _record_files(root: Path) -> list[Path]:
     """A sweep folder (with sweep.yaml) names its cells' run dirs; any other folder is searched recursively."""
     sweep_file = root / "sweep.yaml"
@@ -132,7 +139,7 @@ def _record_files(root: Path) -> list[Path]:
 
         try:
             cells = yaml.safe_load(sweep_file.read_text()).get("cells", [])
-            return [Path(cell["run_dir"]) / RECORD for cell in cells]
+            return [_cell_record(root, cell) for cell in cells]
         except (OSError, ValueError, AttributeError, KeyError, TypeError, yaml.YAMLError) as error:
             raise UserError(f"{sweep_file} is unreadable ({type(error).__name__}); point at the sweep's "
                             f"out folder instead (e.g. <out>/runs)") from None
