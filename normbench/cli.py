@@ -128,7 +128,9 @@ def sweep(
     except KeyboardInterrupt:  # the current run keeps its last checkpoint; completed cells are skipped next time
         typer.echo("interrupted: rerun the same sweep command to resume (completed cells are skipped)", err=True)
         raise typer.Exit(130) from None
-    for line in describe(result):
+    from .distributed import is_main
+
+    for line in describe(result) if is_main() else []:
         typer.echo(line)
 
 
@@ -238,6 +240,32 @@ def plot(
     from .plots import plot as draw
 
     typer.echo(f"wrote {draw(path, out, metric, rows, cols)}")
+
+
+@app.command()
+def bench(
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes, one or two repeats: seconds, rough ratios."),
+    only: Optional[str] = typer.Option(None, "--only", help="Sections, comma list of loop, norms, fold (default all)."),
+    norms: Optional[str] = typer.Option(None, "--norms", help="Norms of the norms section, comma list "
+                                        "(default every registered norm; bn is always measured, the reference)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write every measurement as JSON to this file."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (1 on a shared machine)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Repeats of every section (default 3 epochs, "
+                                          "9 steps, 30 forwards)."),
+    norm_batch: Optional[int] = typer.Option(None, "--norm-batch", help="Images per step, norms section (16)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input px, norms section (32)."),
+    amp: bool = typer.Option(False, "--amp", help="Norms section with bf16 autocast (amp=true)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Norms section with channels_last=true."),
+    compile_mode: Optional[str] = typer.Option(None, "--compile", help="Norms section with torch.compile: "
+                                               "default, reduce-overhead or max-autotune."),
+) -> None:
+    """Loop overhead (normbench vs a minimal loop vs the DataLoader loop), train-step time and activation memory
+    of every norm on ResNet-18 relative to BN, and eval latency with BN folded; ratios with their targets."""
+    from .bench import fast_overrides, run_bench
+
+    run_bench(device, quick, only, norms, out, threads, repeats, norm_batch, image_size,
+              fast_overrides(amp, channels_last, compile_mode), echo=typer.echo)
 
 
 def _reject_options(args: list[str]) -> None:

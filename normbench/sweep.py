@@ -117,7 +117,7 @@ def expand(overrides: list[str], user_config_dir: str | None = None) -> Grid:
                             f"give one out=DIR")
         if _bare_key(key) in [_bare_key(k) for k, _ in swept]:
             raise UserError(f"{text!r}: {_bare_key(key)} is swept twice; give all its values in one list")
-        values = list(override.sweep_string_iterator())
+        values = _as_typed(text, list(override.sweep_string_iterator()))
         if not values:
             raise UserError(f"{text!r} sweeps over no values; give at least one, e.g. batch=2,4")
         swept.append((key, values))
@@ -126,6 +126,16 @@ def expand(overrides: list[str], user_config_dir: str | None = None) -> Grid:
     cells = [list(choice) for choice in itertools.product(*slots)]
     labels = [" ".join(cell[i] for i in swept_slots) or " ".join(cell) or "(defaults)" for cell in cells]
     return Grid(overrides, swept, cells, labels)
+
+
+def _as_typed(text: str, values: list[str]) -> list[str]:
+    """The values of a plain comma list as the user wrote them (Hydra prints `lr=1e12` as 1000000000000.0),
+    so that names, labels and sweep.yaml read like the command; anything fancier keeps Hydra's strings."""
+    raw = text.split("=", 1)[1]
+    if any(mark in raw for mark in "()[]{}'\"\\"):
+        return values
+    typed = [part.strip() for part in raw.split(",")]
+    return typed if len(typed) == len(values) else values
 
 
 def default_name(grid: Grid) -> str:
@@ -198,8 +208,14 @@ def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: st
     Cells run one after another in this process, or through a Hydra launcher: joblib with `jobs` > 1,
     or the one named by a `hydra/launcher=...` override (submitit_slurm, submitit_local).
     KeyboardInterrupt propagates (completed cells stay done; rerunning resumes)."""
+    from .distributed import is_main, launched
     from .launch import check_launcher, is_hydra_override, launcher_name
 
+    if launched() and (jobs > 1 or any(text.lstrip("+").startswith("hydra/launcher=") for text in overrides)):
+        raise UserError("under torchrun every process trains every cell together (DDP); --jobs and Hydra "
+                        "launchers start separate runs: use one or the other")
+    if not is_main():  # torchrun: every rank trains each cell, rank 0 reports and writes the sweep folder
+        echo = echo_err = lambda line: None
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give the number of cells to train at once, 1 or more")
     echo_err = echo_err or echo
@@ -222,7 +238,8 @@ def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: st
         _run_launched(cells, grid, hydra_overrides, launcher, jobs, result.sweep_dir, user_config_dir, echo, echo_err)
     for cell in cells:
         result.counts[cell.outcome] = result.counts.get(cell.outcome, 0) + 1
-    write_outputs(result, grid, user_config_dir)
+    if is_main():
+        write_outputs(result, grid, user_config_dir)
     return result
 
 
@@ -346,7 +363,9 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
 
 def describe(result: SweepResult) -> list[str]:
     """The closing lines: summary, notes, where the outputs are."""
-    lines = [result.summary(), *(f"note: {note}" for note in result.notes)]
+    table = result.sweep_dir / TABLE_FILES["md"]
+    lines = [table.read_text().rstrip(), ""] if table.is_file() else []
+    lines += [result.summary(), *(f"note: {note}" for note in result.notes)]
     lines.append(f"wrote {result.sweep_dir}/ ({', '.join(sorted(p.name for p in result.sweep_dir.iterdir()))})"
                  if result.sweep_dir.is_dir() else f"nothing written to {result.sweep_dir}")
     return lines

@@ -45,6 +45,15 @@ def test_presets_compose_and_hold_their_grid():
     assert (d2l.backbone.activation, d2l.backbone.pool, d2l.backbone.init) == ("sigmoid", "avg", "xavier")
     assert (d2l.norm.name, d2l.batch, d2l.epochs, d2l.lr, d2l.lr_scaling) == ("bn", 256, 10, 1.0, "none")
     assert (d2l.optim.momentum, d2l.optim.weight_decay, d2l.optim.schedule) == (0.0, 0.0, "constant")
+    # the preset's LeNet settings live in backbone/lenet_relu.yaml, so another backbone gets no stray keys
+    assert "pool" not in compose(["experiment=gn_paper", "backbone=resnet20"]).backbone
+
+
+def test_swept_values_keep_the_users_spelling():
+    grid = expand(["lr=1e12,1.6", "batch=range(2,5)"])
+    assert grid.swept == [("lr", ["1e12", "1.6"]), ("batch", ["2", "3", "4"])]
+    assert grid.labels[0] == "lr=1e12 batch=2" and default_name(grid) == "lr-1e12,1.6_batch-2,3,4"
+    assert compose(grid.cells[0]).lr == 1e12
 
 
 def test_command_line_keys_replace_the_presets_sweep_of_that_key():
@@ -71,6 +80,7 @@ def test_jobs_run_the_grid_in_worker_processes_like_a_sequential_sweep(normbench
     assert parallel.code == 0, parallel.err
     assert "through Hydra's joblib launcher, 2 at a time" in parallel.out
     assert "4 cells: 4 completed, 0 skipped (already completed), 0 diverged, 0 failed" in parallel.out
+    assert "| norm \\ batch | 16 | 8 |" in parallel.out      # the table is printed, not only written
     folder = tmp_path / "par" / "sweeps" / "g"
     assert {"sweep.yaml", "table.md", "table.tex", "table.csv", "error_vs_batch.png", "launcher"} == \
         {p.name for p in folder.iterdir()}
