@@ -51,8 +51,11 @@ def plot(path: Path | str, out: Path | str | None = None, metric: str = "test_er
          cols: str = "batch") -> Path:
     """Build the table under PATH and write the figure (default PATH/error_vs_batch.png)."""
     table = build_table(path, metric, rows, cols)
-    fig = make_figure(table)
-    target = Path(out) if out is not None else Path(path) / DEFAULT_NAME
+    return save_png(make_figure(table), Path(out) if out is not None else Path(path) / DEFAULT_NAME)
+
+
+def save_png(fig: Figure, target: Path) -> Path:
+    """Write a figure as PNG; an unwritable place is a UserError naming it."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(target, format="png", dpi=150)

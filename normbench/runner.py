@@ -13,14 +13,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import distributed
 from .backbones import build_model, count_parameters
 from .config import changes_results, flatten
 from .data import load_data
+from .fastpath import prepare_model
 from .errors import UserError
 from .optim import LRSchedule, build_optimizer, scaled_lr
 from .progress import RunProgress
-from .runs import (CHECKPOINT, CONFIG, RECORD, environment, load_checkpoint, non_default_settings, read_record,
-                   run_key, save_checkpoint, write_json)
+from .runs import (CHECKPOINT, CONFIG, RECORD, claim_run, environment, load_checkpoint, non_default_settings,
+                   read_record, run_key, save_checkpoint, write_json)
 from .train import evaluate, train_epoch
 from .validate import validate
 
@@ -67,7 +69,14 @@ def result_identity(cfg: DictConfig) -> dict[str, Any]:
 
 def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_config_dir: str | None = None,
         force: bool = False) -> RunResult:
+    """One run; under torchrun, this process's part of a data-parallel run (normbench.distributed)."""
     validate(cfg)
+    with distributed.session(resolve_device(cfg.device)) as device:
+        return _run(cfg, choices, overrides, user_config_dir, force, device)
+
+
+def _run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_config_dir: str | None, force: bool,
+         device: torch.device) -> RunResult:
     differ = non_default_settings(cfg, choices, user_config_dir)
     key = run_key(cfg, differ)
     run_dir = Path(cfg.out).expanduser() / "runs" / key
@@ -75,16 +84,16 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     if previous is not None and previous["status"] == "completed" and not force:
         return RunResult(run_dir, previous, skipped=True)
 
-    device = resolve_device(cfg.device)
     data = load_data(cfg.data, device)  # before any file is written: missing data leaves nothing behind
     torch.manual_seed(cfg.seed)
     model, norm_layer = build_model(cfg)
+    distributed.convert_sync_bn(cfg, model, norm_layer.built)  # sync_bn=true: before DDP wraps the model
     model.to(device)
-    sgd_batch = cfg.batch * cfg.accum
+    sgd_batch = cfg.batch * cfg.accum * distributed.world_size()
     steps_per_epoch = data.train_size // sgd_batch  # the last incomplete SGD batch of an epoch is dropped
     if steps_per_epoch == 0:
         raise UserError(f"the training set has {data.train_size} images, fewer than one SGD batch "
-                        f"(batch*accum = {sgd_batch}): lower batch/accum or raise data.train_size")
+                        f"(batch*accum*world_size = {sgd_batch}): lower batch/accum or raise data.train_size")
     lr = scaled_lr(cfg, sgd_batch)
     optimizer = build_optimizer(model, norm_layer.built, cfg, lr)
     lr_at = LRSchedule(cfg, lr, steps_per_epoch)
@@ -92,16 +101,28 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    progress = RunProgress(cfg.log.progress, cfg.epochs, steps_per_epoch)
+    claim = claim_run(run_dir)  # one live process trains a run: RunBusy (one line) while another one does
+    previous = read_record(run_dir)  # again: the claim's last holder may have completed the run meanwhile
+    if previous is not None and previous["status"] == "completed" and not force:
+        claim.release()
+        return RunResult(run_dir, previous, skipped=True)
+    progress = (RunProgress(cfg.log.progress, cfg.epochs, steps_per_epoch) if distributed.is_main()
+                else distributed.Silent())  # torchrun: rank 0 prints
     state = {"epoch": 0, "history": [], "train_seconds": 0.0, "images": 0}
     checkpoint_path = run_dir / CHECKPOINT
     identity = result_identity(cfg)
+    if previous is None and (run_dir / RECORD).exists():
+        progress.notice(f"warning: {run_dir / RECORD} is unreadable (truncated or corrupt); rewriting it")
     if checkpoint_path.exists() and not force:
         saved = load_checkpoint(checkpoint_path)
         if saved is None:
             progress.notice(f"warning: {checkpoint_path} is unreadable (truncated or corrupt); starting the run again")
-        elif saved.get("identity") != identity:
-            progress.notice(f"warning: {checkpoint_path} was written by a different config; starting the run again")
+        elif saved["identity"] != identity:  # e.g. a config file's default changed: never overwrite its results
+            claim.release()
+            progress.close()
+            changed = sorted(k for k in {*saved["identity"], *identity} if saved["identity"].get(k) != identity.get(k))
+            raise UserError(f"{checkpoint_path} was written by a different config (differs in {', '.join(changed[:4])})"
+                            f": delete {run_dir} or rerun with --force to start this run over")
         else:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -117,7 +138,8 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
         "non_default": differ,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "setup": {
-            "sgd_batch": sgd_batch, "world_size": 1, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
+            "sgd_batch": sgd_batch, **distributed.describe(model, cfg),
+            "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
             "train_images": data.train_size, "test_images": data.test_size, "data_source": data.source,
             "data_pipeline": data.pipeline, "augment": data.augmentation != "none", "augmentation": data.augmentation,
             "parameters": count_parameters(model),
@@ -128,8 +150,9 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
         },
         "env": environment(device),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if distributed.is_main():  # torchrun: rank 0 writes the run's files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     progress.line(f"run {key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch} x accum {cfg.accum} "
                   f"(SGD batch {sgd_batch}, lr {lr:.4g}), {data.train_size} train images on {device}")
     progress.line(f"data: {data.name} from {data.source} ({data.pipeline}); augmentation: {data.augmentation}")
@@ -139,7 +162,11 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=state["epoch"] * steps_per_epoch or None)
+    # On resume, TensorBoard hides the killed attempt's steps after the checkpoint; the last step of the last
+    # saved epoch (logged at epoch * steps_per_epoch) stays.
+    purge_step = state["epoch"] * steps_per_epoch + 1 if state["epoch"] else None
+    writer = (SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+              if distributed.is_main() else distributed.Silent())
     try:
         _fill(record, state, device)
         write_json(run_dir / RECORD, record)
@@ -160,12 +187,20 @@ def run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_con
         writer.close()
         progress.close()
         data.close()
+        claim.release()
     return RunResult(run_dir, record)
 
 
 def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, run_dir, identity, writer,
                   progress, steps_per_epoch) -> None:
     device = data.device
+    fast = prepare_model(model, cfg, device)  # amp / channels_last / compile; `model` keeps the state_dict names
+    if fast.summary and state["epoch"] < cfg.epochs:
+        progress.line(fast.summary)
+    if state["epoch"] == cfg.epochs:  # the checkpoint has every epoch: only record.json was lost, rebuild it
+        last_loss = state["history"][-1]["test_loss"]
+        record["status"] = "completed" if last_loss == last_loss and abs(last_loss) != float("inf") else "diverged"
+        write_json(run_dir / RECORD, record)
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"] + 1
         first_step = state["epoch"] * steps_per_epoch
@@ -178,13 +213,15 @@ def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, 
             progress.status(f"loss {loss:.4f}")
 
         started = time.perf_counter()
-        batches = data.train_batches(cfg.batch, steps_per_epoch * cfg.accum, generator)  # draws this epoch's order
-        stats = train_epoch(model, optimizer, lr_at, first_step, batches, steps_per_epoch, cfg.accum,
-                            cfg.log.every_steps, on_interval, progress.advance)
+        # draws this epoch's order (torchrun: the same in every process, each taking its shard)
+        batches = distributed.train_batches(data, cfg.batch, steps_per_epoch * cfg.accum, cfg.accum, generator)
+        stats = train_epoch(distributed.data_parallel(fast.model), optimizer, lr_at, first_step, batches,
+                            steps_per_epoch, cfg.accum, cfg.log.every_steps, on_interval, progress.advance,
+                            average=distributed.averager(), autocast=fast.autocast)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         state["train_seconds"] += time.perf_counter() - started
-        state["images"] += stats.images
+        state["images"] += stats.images * distributed.world_size()  # over all processes
         if not stats.finite:
             record["status"] = "diverged"
             record["diverged_at"] = {"epoch": epoch, "step": stats.steps, "loss": str(stats.loss)}
@@ -193,7 +230,8 @@ def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, 
             progress.notice(f"warning: loss became non-finite at epoch {epoch}, step {stats.steps}; "
                           f"run recorded as diverged in {run_dir / RECORD}")
             return
-        test_loss, test_acc = evaluate(model, data.test_batches(cfg.log.eval_batch))
+        test_loss, test_acc = distributed.on_main(
+            lambda: evaluate(fast.model, data.test_batches(cfg.log.eval_batch), fast.autocast))
         entry = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss,
                  "test_acc": test_acc, "test_error": 100.0 * (1.0 - test_acc), "lr": lr_at(epoch * steps_per_epoch - 1),
                  "train_seconds": state["train_seconds"]}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +33,15 @@ IntervalHook = Callable[[int, float, float, float], None]
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float], first_step: int,
                 batches: Iterable[Batch], steps: int, accum: int, log_every: int = 50,
-                on_interval: IntervalHook | None = None, on_step: Callable[[], None] | None = None) -> EpochStats:
+                on_interval: IntervalHook | None = None, on_step: Callable[[], None] | None = None,
+                average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                autocast: Callable[[], ContextManager[Any]] = nullcontext) -> EpochStats:
     """`steps` SGD steps of `accum` micro-batches each, taken from `batches` (which must yield at least
     steps * accum, e.g. `data.train_batches(batch, steps * accum, generator)`). `lr_at(first_step + step)`
-    sets the lr of each step. Micro-batches are on the model's device already."""
+    sets the lr of each step. Micro-batches are on the model's device already. `average` (data-parallel runs,
+    normbench.distributed.averager) gives the mean over processes of the loss/accuracy sums at each read, so
+    the logged values cover every process and all of them see the same finite flag. `autocast` gives the
+    context of each forward and loss (normbench.fastpath: bf16 autocast with amp=true); backward runs outside."""
     model.train()
     device = next(model.parameters()).device
     micro_batches = iter(batches)
@@ -49,8 +55,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Calla
             group["lr"] = lr
         for _ in range(accum):
             inputs, targets = next(micro_batches)
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
+            with autocast():
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets)
             (loss / accum if accum > 1 else loss).backward()        # gradient of the SGD batch's mean loss
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(dim=1) == targets).sum()
@@ -61,7 +68,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Calla
             on_step()
         done = step + 1
         if done % log_every == 0 or done == steps:
-            total_loss, total_correct = loss_sum.item(), int(correct.item())  # the only host sync of a step
+            if average is None:
+                total_loss, total_correct = loss_sum.item(), int(correct.item())  # the only host sync of a step
+            else:  # equal counts in every process: mean over processes of the sums / our counts = mean over all
+                total_loss, total_correct = average(torch.stack([loss_sum, correct.to(loss_sum.dtype)])).tolist()
             micro = done * accum
             if not math.isfinite(total_loss):
                 return EpochStats(total_loss, total_correct / images, images, done, False)
@@ -75,7 +85,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Calla
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[Batch]) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches: Iterable[Batch],
+             autocast: Callable[[], ContextManager[Any]] = nullcontext) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over every image of `batches` (e.g. `data.test_batches(eval_batch)`)
     in eval mode; how the set is chunked does not change the results."""
     model.eval()
@@ -84,8 +95,9 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> tuple[float, float]:
     correct = torch.zeros((), dtype=torch.long, device=device)
     images = 0
     for inputs, targets in batches:
-        logits = model(inputs)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        with autocast():
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
         images += targets.shape[0]
     return loss_sum.item() / images, int(correct.item()) / images

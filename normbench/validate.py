@@ -69,6 +69,8 @@ def validate(cfg: DictConfig) -> None:
     """Raises UserError naming the first bad value and how to fix it."""
     from .backbones import BACKBONES
     from .data import DATASETS
+    from .distributed import check_sync_bn
+    from .fastpath import check_keys as check_fastpath_keys
     from .norms import NORMS
 
     container = OmegaConf.to_container(cfg, resolve=False)
@@ -115,6 +117,8 @@ def validate(cfg: DictConfig) -> None:
     _int(cfg, "log.every_steps", 1, "50")
     _int(cfg, "log.eval_batch", 1, "1000")
 
+    check_sync_bn(cfg)
+    check_fastpath_keys(cfg)
     if batch == 1 and NORMS[cfg.norm.name].batch_dependent:
         batch_free = ", ".join(name for name, spec in NORMS.items() if not spec.batch_dependent and name != "none")
         raise UserError(f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 does not have: "

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from normbench.data import Batch, cfg_bool, cfg_get, cfg_int, cfg_mean_std, stratified_subset
+from normbench.data import Batch, Shard, cfg_bool, cfg_get, cfg_int, cfg_mean_std, stratified_subset
 from normbench.errors import UserError
 
 DESCRIPTION = ("image folders in the ImageNet layout (data.path with train/ and val/ class sub-folders, "
@@ -58,18 +58,22 @@ class Images(Dataset):
 
 
 class SeededOrder(Sampler):
-    """A permutation of n images with a seed for each, both drawn from `epoch_seed` (set before each epoch)."""
+    """A permutation of n images with a seed for each, both drawn from `epoch_seed` (set before each epoch).
+    `positions` (set per epoch; None: all) keeps only those positions of it: a data-parallel process's shard."""
 
     def __init__(self, n: int) -> None:
         self.n, self.epoch_seed = n, 0
+        self.positions: list[int] | None = None
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.positions is None else len(self.positions)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.epoch_seed)
         order = torch.randperm(self.n, generator=generator).tolist()
         seeds = torch.randint(0, SEED_HIGH, (self.n,), generator=generator).tolist()
+        if self.positions is not None:
+            return iter([(order[i], seeds[i]) for i in self.positions])
         return iter(zip(order, seeds))
 
 
@@ -135,8 +139,10 @@ class FolderData:
             x = images.to(device, non_blocking=True).to(torch.float32).div_(255.0).sub_(mean).div_(std)
             yield x, labels.to(device, non_blocking=True)
 
-    def train_batches(self, batch: int, count: int, generator: torch.Generator) -> Iterator[Batch]:
+    def train_batches(self, batch: int, count: int, generator: torch.Generator,
+                      shard: Shard | None = None) -> Iterator[Batch]:
         loader = self._loader("train", batch)
+        loader.sampler.positions = None if shard is None else shard.positions(count, batch).tolist()
         if count > len(loader):
             raise ValueError(f"{count} batches of {batch} asked for, the training set has {len(loader)}")
         loader.sampler.epoch_seed = int(torch.randint(0, SEED_HIGH, (), generator=generator))

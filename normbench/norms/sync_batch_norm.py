@@ -24,7 +24,8 @@ def sync_world_size(module: nn.Module) -> int:
     BN over this process's batch. If layers disagree (different process groups) the smallest is
     returned, i.e. the weakest synchronisation in the model. Raises ValueError when `module` contains
     no nn.SyncBatchNorm. Statistics are only ever synchronised in training mode (eval uses the
-    running statistics), and torch synchronises only CUDA/XPU/HPU/PrivateUse1 tensors.
+    running statistics). torch's kernel synchronises CUDA/XPU/HPU/PrivateUse1 tensors; CPU tensors (gloo) are
+    synchronised by `_cpu_sync_forward` below.
     """
     layers = [m for m in module.modules() if isinstance(m, nn.SyncBatchNorm)]
     if not layers:
@@ -53,6 +54,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_features)
         if self.training and self.world_size > 1:
+            if x.device.type == "cpu":  # torch's SyncBatchNorm kernel is GPU-only; gloo groups sync CPU tensors
+                return _cpu_sync_forward(self, x)
             return super().forward(x)
         # one process: plain BN (torch's SyncBatchNorm would take this path too, except that it first
         # rejects CPU tensors whenever a process group exists)
@@ -62,6 +65,34 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         size = self.world_size
         sync = f"synchronised over {size} processes" if size > 1 else "world_size=1: not synchronised, same as BN"
         return f"{super().extra_repr()}, dim={self.dim}, {sync}"
+
+
+def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode SyncBN on CPU tensors: per-channel sums over every process's batch via the differentiable
+    all-reduce of torch.distributed.nn, whose backward sums the statistics' gradients over processes as
+    torch's GPU kernel does. Two passes (mean, then centred squares) rather than E[x^2] - E[x]^2, which
+    cancels badly; running statistics are updated as BN does (unbiased variance over all images)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    group = layer.process_group or dist.group.WORLD
+    reduce_dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    count = x.new_tensor([x.numel() / x.shape[1]])
+    sums = all_reduce(torch.cat([x.sum(reduce_dims), count]), group=group)  # count rides along: one collective
+    n = sums[-1].detach()
+    mean = sums[:-1] / n
+    centred = x - mean.view(shape)
+    var = all_reduce((centred * centred).sum(reduce_dims), group=group) / n
+    if layer.track_running_stats:
+        with torch.no_grad():
+            layer.num_batches_tracked.add_(1)
+            factor = 1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
+            layer.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+            layer.running_var.mul_(1 - factor).add_(var.detach() * (n / (n - 1)), alpha=factor)
+    out = centred * torch.rsqrt(var + layer.eps).view(shape)
+    if layer.affine:
+        out = out * layer.weight.view(shape) + layer.bias.view(shape)
+    return out
 
 
 def sync_batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1) -> nn.Module:
