@@ -80,7 +80,11 @@ def run(
         return
     record = result.record
     metrics = record.get("metrics", {})
-    if result.skipped:
+    if result.skipped and record["status"] == "diverged":
+        where = record.get("diverged_at") or {}
+        typer.echo(f"already diverged: {result.run_dir} (epoch {where.get('epoch')}, step {where.get('step')}); "
+                   f"--force trains it again")
+    elif result.skipped:
         typer.echo(f"already completed: {result.run_dir} (test_error {metrics.get('test_error'):.2f}%); "
                    f"--force trains it again")
     elif record["status"] == "completed":

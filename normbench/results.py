@@ -411,10 +411,11 @@ def render(table: Table, fmt: str = "md", cost: bool = False) -> str:
 
 def write_text(path: Path | str, text: str) -> Path:
     """Write an output file; an unwritable place is a UserError naming it."""
+    from .runs import atomic_write_bytes
+
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        atomic_write_bytes(path, text.encode())  # a kill mid-write leaves the old file or the new, never half
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     return path

@@ -21,17 +21,22 @@ from .fastpath import prepare_model
 from .errors import UserError
 from .optim import LRSchedule, build_optimizer, scaled_lr
 from .progress import RunProgress
-from .runs import (CHECKPOINT, CONFIG, RECORD, claim_run, environment, load_checkpoint, non_default_settings,
-                   read_record, run_key, save_checkpoint, write_json)
+from .runs import (CHECKPOINT, CONFIG, RECORD, atomic_write_bytes, claim_run, environment, load_checkpoint,
+                   non_default_settings, read_record, run_key, save_checkpoint, write_json)
 from .train import evaluate, train_epoch
 from .validate import validate
+
+
+# A run in one of these states is not trained again (unless --force): completed, or diverged (deterministic on
+# a rerun, and resuming after a non-finite test loss would train on from a broken model).
+FINAL_STATUSES = ("completed", "diverged")
 
 
 @dataclass
 class RunResult:
     run_dir: Path
     record: dict[str, Any]
-    skipped: bool = False   # already completed: nothing was trained
+    skipped: bool = False   # already completed or diverged: nothing was trained
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,7 +86,7 @@ def _run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_co
     key = run_key(cfg, differ)
     run_dir = Path(cfg.out).expanduser() / "runs" / key
     previous = read_record(run_dir)
-    if previous is not None and previous["status"] == "completed" and not force:
+    if previous is not None and previous["status"] in FINAL_STATUSES and not force:
         return RunResult(run_dir, previous, skipped=True)
 
     data = load_data(cfg.data, device)  # before any file is written: missing data leaves nothing behind
@@ -103,7 +108,7 @@ def _run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_co
 
     claim = claim_run(run_dir)  # one live process trains a run: RunBusy (one line) while another one does
     previous = read_record(run_dir)  # again: the claim's last holder may have completed the run meanwhile
-    if previous is not None and previous["status"] == "completed" and not force:
+    if previous is not None and previous["status"] in FINAL_STATUSES and not force:
         claim.release()
         return RunResult(run_dir, previous, skipped=True)
     progress = (RunProgress(cfg.log.progress, cfg.epochs, steps_per_epoch) if distributed.is_main()
@@ -152,7 +157,7 @@ def _run(cfg: DictConfig, choices: dict[str, str], overrides: list[str], user_co
     }
     if distributed.is_main():  # torchrun: rank 0 writes the run's files
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_bytes(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
     progress.line(f"run {key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch} x accum {cfg.accum} "
                   f"(SGD batch {sgd_batch}, lr {lr:.4g}), {data.train_size} train images on {device}")
     progress.line(f"data: {data.name} from {data.source} ({data.pipeline}); augmentation: {data.augmentation}")

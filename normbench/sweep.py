@@ -49,7 +49,7 @@ class Cell:
     choices: dict[str, str]
     run_key: str
     run_dir: Path
-    outcome: str = "pending"                  # completed / skipped / diverged / failed
+    outcome: str = "pending"                  # completed / skipped / diverged / failed / busy
     error: str | None = None
 
 
@@ -63,8 +63,9 @@ class SweepResult:
 
     def summary(self) -> str:
         c = self.counts
+        busy = f", {c['busy']} busy (another process trains them)" if c.get("busy") else ""
         return (f"{len(self.cells)} cells: {c.get('completed', 0)} completed, {c.get('skipped', 0)} skipped "
-                f"(already completed), {c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed")
+                f"(already completed), {c.get('diverged', 0)} diverged, {c.get('failed', 0)} failed{busy}")
 
 
 def _bare_key(key: str) -> str:
@@ -247,6 +248,7 @@ def _run_here(cells: list[Cell], user_config_dir: str | None, echo: Callable[[st
               echo_err: Callable[[str], None]) -> None:
     """Every cell in turn in this process; a failed or diverged cell is reported and the next one runs."""
     from .runner import run as run_one
+    from .runs import RunBusy
 
     total = len(cells)
     for index, cell in enumerate(cells, 1):
@@ -254,6 +256,10 @@ def _run_here(cells: list[Cell], user_config_dir: str | None, echo: Callable[[st
         reset_state(int(cell.cfg.seed))
         try:
             run = run_one(cell.cfg, cell.choices, cell.overrides, user_config_dir)
+        except RunBusy as error:  # another process (e.g. a second sweep) trains this run right now
+            cell.outcome, cell.error = "busy", str(error)
+            echo_err(f"busy: {cell.label}: {error}")
+            continue
         except UserError as error:  # e.g. data missing: stop, naming the cell; finished cells stay done
             raise UserError(f"sweep cell {cell.label}: {error}") from error
         except KeyboardInterrupt:
@@ -269,18 +275,34 @@ def _run_here(cells: list[Cell], user_config_dir: str | None, echo: Callable[[st
 def _settle(cell: Cell, record: dict | None, skipped: bool, echo_err: Callable[[str], None]) -> None:
     """The cell's outcome from its run record."""
     status = (record or {}).get("status")
-    if skipped:
+    if skipped and status == "diverged":  # diverged before: final, not retrained (normbench run --force does)
+        cell.outcome = "diverged"
+    elif skipped:
         cell.outcome = "skipped"
     elif status == "completed":
         cell.outcome = "completed"
     elif status == "diverged":
         cell.outcome = "diverged"
         echo_err(f"diverged: {cell.label} ({cell.run_dir / 'record.json'})")
+    elif status == "running" and _claimed_elsewhere(cell.run_dir):
+        cell.outcome, cell.error = "busy", "being trained by another process"
+        echo_err(f"busy: {cell.label}: {cell.run_dir} is being trained by another process; rerun the sweep later")
     else:
         cell.outcome = "failed"
         cell.error = (record or {}).get("error") or (f"run ended with status {status}" if status
                                                      else "the job wrote no record (see the launcher's files)")
         echo_err(f"failed: {cell.label}: {cell.error}")
+
+
+def _claimed_elsewhere(run_dir: Path) -> bool:
+    """True while another live process holds the run's claim (a launched job found it busy and left it)."""
+    from .runs import RunBusy, claim_run
+
+    try:
+        claim_run(run_dir).release()
+    except RunBusy:
+        return True
+    return False
 
 
 def _run_launched(cells: list[Cell], grid: Grid, hydra_overrides: list[str], launcher: str, jobs: int,
@@ -331,7 +353,7 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
         "overrides": list(grid.overrides),
         "config_dir": user_config_dir,
         "swept": {key: values for key, values in grid.swept},
-        "counts": {k: result.counts.get(k, 0) for k in ("completed", "skipped", "diverged", "failed")},
+        "counts": {k: result.counts.get(k, 0) for k in ("completed", "skipped", "diverged", "failed", "busy")},
         "cells": [{"overrides": cell.overrides, "run_key": cell.run_key, "run_dir": str(cell.run_dir),
                    "outcome": cell.outcome, **({"error": cell.error} if cell.error else {})}
                   for cell in result.cells],

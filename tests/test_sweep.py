@@ -157,6 +157,15 @@ def test_a_diverged_or_failing_cell_does_not_stop_the_sweep(normbench, tmp_path,
     none_row = next(line for line in (folder / "table.md").read_text().splitlines() if line.startswith("| none "))
     assert "div" in none_row
 
+    # a diverged run is final, like a completed one: the rerun trains nothing and still counts it as diverged
+    stamps = {key: (root / "runs" / key / "record.json").stat().st_mtime_ns for key in _records(root)}
+    rerun = _sweep(normbench, root, "norm=none", "lr=1e12,1.6")
+    assert "2 cells: 0 completed, 1 skipped (already completed), 1 diverged, 0 failed" in rerun.out
+    assert stamps == {key: (root / "runs" / key / "record.json").stat().st_mtime_ns for key in _records(root)}
+    (diverged_key,) = [key for key, r in _records(root).items() if r["status"] == "diverged"]
+    alone = normbench("run", *TINY, "norm=none", "lr=1e12", out=root)
+    assert alone.code == 0 and f"already diverged: {root / 'runs' / diverged_key} (epoch 1" in alone.out
+
     real_run = runner.run
 
     def broken_for_gn(cfg, *args, **kwargs):
@@ -193,3 +202,23 @@ def test_a_bad_value_in_the_grid_fails_up_front(normbench, tmp_path):
     unknown = _sweep(normbench, root, "norm=bn,gnn")
     assert unknown.code == 2 and "norm=gnn" in unknown.err and "did you mean 'gn'" in unknown.err
     assert not root.exists()
+
+
+def test_a_run_another_process_trains_is_busy_and_the_others_go_on(normbench, tmp_path):
+    from normbench.runs import claim_run
+
+    root = tmp_path / "out"
+    probe = _sweep(normbench, root, "norm=bn", "epochs=1", "--name", "probe")  # learn the run dir of norm=gn's twin
+    (bn_key,) = _records(root)
+    gn_dir = root / "runs" / bn_key.replace("-bn-", "-gn-")
+    claim = claim_run(gn_dir)  # as if a second sweep were training it right now
+    try:
+        result = _sweep(normbench, root, "norm=bn,gn", "epochs=1")
+    finally:
+        claim.release()
+    assert probe.code == 0 and result.code == 0, result.err
+    assert "2 cells: 0 completed, 1 skipped (already completed), 0 diverged, 0 failed, 1 busy" in result.out
+    assert "busy: norm=gn: " in result.err and "being trained by another process" in result.err
+    assert not (gn_dir / "record.json").exists()
+    after = _sweep(normbench, root, "norm=bn,gn", "epochs=1")  # once the claim is gone, the rerun trains it
+    assert "2 cells: 1 completed, 1 skipped (already completed), 0 diverged, 0 failed" in after.out

@@ -1,0 +1,42 @@
+"""The published results (docs/results/) are exactly what their committed run records produce: every sweep
+folder's table.md / table.tex / table.csv is regenerated from the records and compared, and the README shows the
+same tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from normbench.results import build_table, load_runs, render
+from normbench.sweep import table_axes
+
+import yaml
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+SWEEPS = sorted(p.parent for p in RESULTS.glob("*/sweeps/*/sweep.yaml"))
+FILES = {"md": "table.md", "latex": "table.tex", "csv": "table.csv"}
+
+
+def test_there_are_published_results():
+    assert SWEEPS, f"no sweep folders under {RESULTS}"
+
+
+@pytest.mark.parametrize("folder", SWEEPS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_committed_tables_are_what_the_committed_records_give(folder):
+    meta = yaml.safe_load((folder / "sweep.yaml").read_text())
+    runs = load_runs(folder)
+    assert len(runs) == len(meta["cells"])  # every cell's record is committed, beside the sweep
+    assert all(str(run.path).startswith(str(RESULTS)) for run in runs)
+    rows, cols = table_axes([key.lstrip("+~") for key in meta["swept"]])
+    table = build_table(folder, "test_error", rows, cols, runs=runs)
+    for fmt, name in FILES.items():
+        assert render(table, fmt) == (folder / name).read_text(), f"{folder / name} is stale"
+    assert (folder / "error_vs_batch.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_shows_the_committed_tables():
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    for folder in SWEEPS:
+        body = [line for line in (folder / "table.md").read_text().splitlines() if line.startswith("|")]
+        assert "\n".join(body) in readme, f"README does not show {folder / 'table.md'}"
