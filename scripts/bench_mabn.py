@@ -23,8 +23,6 @@ little; --threads 1 measures the per-step work itself.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -34,19 +32,8 @@ from torch import nn
 from normbench.backbones import build_model
 from normbench.config import compose
 from normbench.norms import build_norm, convert_convs
-from normbench.norms.mabn import MovingAverageBatchNorm
-
-
-def fast_forward(model: nn.Module) -> None:
-    """Move every MABN layer past its warm-up and renorm phases (counters only; the rings keep the
-    statistics of the warm-up steps), via load_state_dict as a resumed run would."""
-    for layer in model.modules():
-        if isinstance(layer, MovingAverageBatchNorm):
-            state = layer.state_dict()
-            done = max(layer.fixed_r_iters, layer.buffer_size) + 1
-            state["iters"] = torch.tensor(done)
-            state["backward_iters"] = torch.tensor(done)
-            layer.load_state_dict(state)
+from normbench.bench.norms import fast_forward
+from normbench.bench.timing import interleaved
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -63,22 +50,8 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
 
 def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, timed: int,
                      after_warmup: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per step of each callable, interleaved step by step."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    after_warmup()
-    for name in names:  # one untimed step in the new phase
-        steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(timed):
-        order = names[i % len(names):] + names[:i % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in times.items()}
+    """Median seconds per step of each callable, interleaved step by step (normbench bench's timing)."""
+    return interleaved(steps, timed, lambda: None, warmup=warmup, after_warmup=after_warmup).median("wall")
 
 
 def lenet_models(norm: str) -> nn.Module:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._fused import biased_var_mean
 from ._common import (NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum,
                       running_stats_affine)
 
@@ -74,7 +75,9 @@ class BatchRenorm(nn.Module):
         if n < 2:
             raise ValueError(f"BatchRenorm needs more than 1 value per channel when training, "
                              f"got input {tuple(x.shape)}")
-        var_b, mean_b = torch.var_mean(x, dim=axes, unbiased=False)
+        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            x = x.to(self.weight.dtype)
+        var_b, mean_b = (t.view(-1) for t in biased_var_mean(x, axes))  # fast two-pass form (see _fused)
         std_b = torch.sqrt(var_b + self.eps)
         with torch.no_grad():
             std = torch.sqrt(self.running_var + self.eps)

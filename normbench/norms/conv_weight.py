@@ -25,8 +25,11 @@ class StandardizedConv2d(nn.Conv2d):
 
     def effective_weight(self) -> torch.Tensor:
         centred = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
-        std = centred.flatten(1).std(dim=1).view(-1, 1, 1, 1)
-        return centred / (std + self.std_eps)
+        # unbiased std of the centred filter as sum of squares / (n - 1): torch.std's Welford pass is several
+        # times slower on CPU (see _fused)
+        n = centred[0].numel()
+        std = centred.square().sum(dim=(1, 2, 3), keepdim=True).div_(n - 1).sqrt_()
+        return centred * (1.0 / (std + self.std_eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.effective_weight(), self.bias)

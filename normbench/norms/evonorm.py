@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ._common import NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
+from ._fused import biased_var_mean, channel_maximum
 from .group_norm import resolve_groups
 
 # Variances: the paper writes s^2 for "variance" without a correction; the authors' reference code
@@ -24,10 +25,6 @@ from .group_norm import resolve_groups
 # at those same positions (with gamma initialised to 0 at the last norm of each residual block); timm's
 # EvoNorm2dB0 / EvoNorm2dS0(apply_act=False) do the same. Here every norm position of a backbone
 # normalizes, whatever the norm, so the comparison with BN/GN/FRN changes only the norm, not where one is.
-
-
-def _biased_var(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    return torch.var(x, dim=dims, unbiased=False, keepdim=True)
 
 
 class EvoNormB0(nn.Module):
@@ -60,19 +57,26 @@ class EvoNormB0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, 2, self.num_channels)
+        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            x = x.to(self.weight.dtype)
         shape = (1, self.num_channels, 1, 1)
+        instance_var = instance_mean = None
+        if self.v is not None:
+            instance_var, instance_mean = biased_var_mean(x, (2, 3))  # (N, C, 1, 1)
+        if not self.training:
+            batch_var = self.running_var.view(shape)
+        elif instance_var is None:
+            batch_var = biased_var_mean(x, (0, 2, 3))[0]
+        else:  # law of total variance over the equal-sized (H, W) cells: no further pass over x
+            batch_mean = instance_mean.mean(0, keepdim=True)
+            batch_var = instance_var.mean(0, keepdim=True) + (instance_mean - batch_mean).square().mean(0, keepdim=True)
         if self.training:
-            batch_var = _biased_var(x, (0, 2, 3))
             with torch.no_grad():
                 self.running_var.lerp_(batch_var.view(-1), self.momentum)
-        else:
-            batch_var = self.running_var.view(shape)
         batch_std = torch.sqrt(batch_var + self.eps)
-        if self.v is None:  # act=False
-            den = batch_std
-        else:
-            instance_std = torch.sqrt(_biased_var(x, (2, 3)) + self.eps)
-            den = torch.maximum(batch_std, self.v.view(shape) * x + instance_std)
+        if self.v is None:  # act=False: one per-channel factor, one pass
+            return x * (self.weight.view(shape) / batch_std) + self.bias.view(shape)
+        den = channel_maximum(x * self.v.view(shape) + torch.sqrt(instance_var + self.eps), batch_std)
         return x / den * self.weight.view(shape) + self.bias.view(shape)
 
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -117,12 +121,15 @@ class EvoNormS0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
-        shape = (1, self.num_channels) + (1,) * (x.dim() - 2)
-        grouped = x.reshape(x.shape[0], self.num_groups, -1)
-        inv_std = torch.rsqrt(_biased_var(grouped, (2,)) + self.eps)  # (N, G, 1)
+        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            x = x.to(self.weight.dtype)
+        n, c = x.shape[:2]
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        inv_std = torch.rsqrt(biased_var_mean(x.reshape(n, self.num_groups, -1), (2,))[0] + self.eps)  # (N, G, 1)
+        # weight / group std as one factor per (sample, channel), applied in one pass with the bias
+        scale = inv_std.expand(n, self.num_groups, c // self.num_groups).reshape(n, c, *shape[2:])
         num = x if self.v is None else x * torch.sigmoid(self.v.view(shape) * x)  # v is None: act=False
-        y = (num.reshape(grouped.shape) * inv_std).reshape(x.shape)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        return num * (scale * self.weight.view(shape)) + self.bias.view(shape)
 
     def extra_repr(self) -> str:
         groups = f"groups={self.num_groups}"

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ._common import check_eps, check_input, check_layer, parse_flag
+from ._fused import channel_maximum
 
 EPS_L_INIT = 1e-4  # initial value of the learned part of eps (paper, section 3.1)
 
@@ -53,12 +54,15 @@ class FilterResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
+        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            x = x.to(self.weight.dtype)
         shape = (1, self.num_channels) + (1,) * (x.dim() - 2)  # broadcast (C,) over N (and H, W)
-        nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True) if self.dim == 2 else x.pow(2)
+        nu2 = (x * x).mean(dim=(2, 3), keepdim=True) if self.dim == 2 else x * x
         eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs().view(shape)
-        x_hat = x * torch.rsqrt(nu2 + eps)
-        y = self.weight.view(shape) * x_hat + self.bias.view(shape)
-        return y if self.tau is None else torch.maximum(y, self.tau.view(shape))
+        # weight * x / sqrt(nu2 + eps) + bias with the per-(sample, channel) factor formed first: two passes
+        # over the activations instead of four (speed: see _fused)
+        y = x * (torch.rsqrt(nu2 + eps) * self.weight.view(shape)) + self.bias.view(shape)
+        return y if self.tau is None else channel_maximum(y, self.tau.view(shape))
 
     def extra_repr(self) -> str:
         learned = "learned_eps=True (eps + |eps_l|, eps_l per channel)" if self.learned_eps else "learned_eps=False"

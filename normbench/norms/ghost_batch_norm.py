@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._fused import biased_var_mean
 from ._common import check_eps, check_input, check_int, check_layer, check_momentum, running_stats_affine
 
 
@@ -58,22 +59,25 @@ class GhostBatchNorm(nn.Module):
         if min(sizes) * per_image < 2:
             raise ValueError(f"GhostBatchNorm needs more than 1 value per channel in every virtual batch, "
                              f"got input {tuple(x.shape)} cut into {sizes}")
+        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            x = x.to(self.weight.dtype)
         parts, means, variances = [], [], []
         start = 0
+        affine = (1, 1, self.num_channels) + (1,) * (x.dim() - 2)  # (virtual batches, images, C, H, W)
         for size in sorted(set(sizes), reverse=True):  # one vectorized block per distinct size (at most 2)
             count = sizes.count(size)
             block = x[start:start + size * count].reshape(count, size, *x.shape[1:])
             axes = (1,) + tuple(range(3, block.dim()))  # images of a virtual batch, and H, W
-            var, mean = torch.var_mean(block, dim=axes, unbiased=False, keepdim=True)
-            parts.append(((block - mean) * torch.rsqrt(var + self.eps)).reshape(size * count, *x.shape[1:]))
+            var, mean = biased_var_mean(block, axes)  # fast two-pass form (see _fused)
+            # (block - mean) / sqrt(var + eps) * weight + bias as one scale and shift per (virtual batch, channel)
+            scale = torch.rsqrt(var + self.eps) * self.weight.view(affine)
+            parts.append((block * scale + (self.bias.view(affine) - mean * scale)).reshape(size * count, *x.shape[1:]))
             n = size * per_image
             means.append(mean.reshape(count, self.num_channels))
             variances.append(var.reshape(count, self.num_channels) * (n / (n - 1)))
             start += size * count
-        x_hat = parts[0] if len(parts) == 1 else torch.cat(parts)
         self._update_running(torch.cat(means), torch.cat(variances))
-        shape = (1, self.num_channels) + (1,) * (x.dim() - 2)
-        return x_hat * self.weight.view(shape) + self.bias.view(shape)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @torch.no_grad()
     def _update_running(self, means: torch.Tensor, variances: torch.Tensor) -> None:

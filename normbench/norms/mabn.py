@@ -172,6 +172,11 @@ class MovingAverageBatchNorm(nn.Module):
             x = x.to(self.weight.dtype)
         if not self.training:
             return F.batch_norm(x, self._zeros, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if x.dim() == 4 and x.is_cuda and not x.is_contiguous():
+            x = x.contiguous()  # channels_last: torch's CUDA eval-mode batch-norm backward asserts on it
+        if torch.is_autocast_enabled(x.device.type):  # CUDA autocast would run the ring means (mv) in bf16/fp16
+            with torch.autocast(x.device.type, enabled=False):
+                return _MABNFunction.apply(x, self.weight, self.bias, self)
         return _MABNFunction.apply(x, self.weight, self.bias, self)
 
     @torch.no_grad()
