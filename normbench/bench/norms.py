@@ -89,6 +89,7 @@ def bench_norms(device: torch.device, names: list[str], batch: int, image_size: 
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     steps, models, memory = {}, {}, {}
+    failed: dict[str, str] = {}
     for name in names:
         cfg = compose(["backbone=resnet18", f"norm={name}", "data=synthetic", f"data.image_size={image_size}",
                        "data.in_channels=3", "log.progress=none", *fast])
@@ -97,9 +98,17 @@ def bench_norms(device: torch.device, names: list[str], batch: int, image_size: 
         model.to(device).train()
         path = prepare_model(model, cfg, device)
         optimizer = build_optimizer(model, norm_layer.built, cfg, 0.01)
-        models[name] = model
-        steps[name] = make_step(path.model, optimizer, x, y, path.autocast)
-        memory[name] = saved_bytes(model, x, y, path.autocast)  # eager, before any timing
+        step = make_step(path.model, optimizer, x, y, path.autocast)
+        try:  # the first step compiles under compile=...: a norm the fast path cannot run is reported, not fatal
+            memory[name] = saved_bytes(model, x, y, path.autocast)  # eager, before any timing
+            step()
+        except Exception as error:
+            if name == "bn":
+                raise
+            text = str(error).strip().splitlines()
+            failed[name] = f"{type(error).__name__}: {text[0][:160] if text else ''}"
+            continue
+        models[name], steps[name] = model, step
 
     def to_expensive_phase() -> None:
         for model in models.values():
@@ -112,6 +121,9 @@ def bench_norms(device: torch.device, names: list[str], batch: int, image_size: 
     judged = cpu if device.type == "cpu" else med  # see timing: CPU time is immune to other processes' load
     rows = []
     for name in names:
+        if name in failed:
+            rows.append({"norm": name, "error": failed[name], "pass": False})
+            continue
         ratio = judged[name] / judged["bn"]
         rows.append({"norm": name, "ms_per_step": med[name] * 1e3, "cpu_ms_per_step": cpu[name] * 1e3,
                      "all_ms": [t * 1e3 for t in times.wall[name]], "over_bn": ratio,

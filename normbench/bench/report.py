@@ -46,6 +46,9 @@ def print_norms(result: dict[str, Any], echo: Echo) -> None:
     echo(f"{'norm':<11} {'wall ms':>9} {'x BN':>6} {'CPU ms':>9} {'x BN':>6} {'':>4}  {'saved MB':>9} {'x BN':>6}"
          + (f"  {'peak MB':>8} {'x BN':>6}" if cuda else ""))
     for row in result["rows"]:
+        if "error" in row:
+            echo(f"{row['norm']:<11} {'failed':>9} {'':>6} {'':>9} {'':>6} {verdict(row['pass']):>4}  {row['error']}")
+            continue
         line = (f"{row['norm']:<11} {row['ms_per_step']:>9.2f} {row['over_bn_wall']:>6.2f} "
                 f"{row['cpu_ms_per_step']:>9.2f} {row['over_bn_cpu']:>6.2f} {verdict(row['pass']):>4}  "
                 f"{row['saved_mb']:>9.1f} {row['saved_over_bn']:>6.2f}")
