@@ -82,3 +82,15 @@ def running_stats_affine(weight: torch.Tensor | None, bias: torch.Tensor | None,
     if bias is not None:
         shift = shift + bias.double()
     return scale, shift
+
+
+def add_affine(module: torch.nn.Module, num_channels: int, act_param: str, act_init: float, act: bool) -> None:
+    """The per-channel gamma (`weight`, ones) and beta (`bias`, zeros) of a norm with its own nonlinearity, and
+    that nonlinearity's per-channel parameter (FRN's tau, EvoNorm's v) -- registered as None in the
+    activation-free form (act=False), so state dicts say which form a layer is."""
+    module.weight = torch.nn.Parameter(torch.ones(num_channels))
+    module.bias = torch.nn.Parameter(torch.zeros(num_channels))
+    if act:
+        module.register_parameter(act_param, torch.nn.Parameter(torch.full((num_channels,), float(act_init))))
+    else:
+        module.register_parameter(act_param, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
+from ._common import add_affine, NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
 from ._fused import biased_var_mean, channel_maximum
 from .group_norm import resolve_groups
 
@@ -47,12 +47,7 @@ class EvoNormB0(nn.Module):
         self.eps = eps
         self.momentum = momentum
         self.act = act
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        if act:
-            self.v = nn.Parameter(torch.ones(num_channels))
-        else:
-            self.register_parameter("v", None)
+        add_affine(self, num_channels, "v", 1.0, act)
         self.register_buffer("running_var", torch.ones(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,12 +107,7 @@ class EvoNormS0(nn.Module):
         self.eps = eps
         self.dim = dim
         self.act = act
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        if act:
-            self.v = nn.Parameter(torch.ones(num_channels))
-        else:
-            self.register_parameter("v", None)
+        add_affine(self, num_channels, "v", 1.0, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)

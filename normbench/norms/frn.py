@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._common import check_eps, check_input, check_layer, parse_flag
+from ._common import add_affine, check_eps, check_input, check_layer, parse_flag
 from ._fused import channel_maximum
 
 EPS_L_INIT = 1e-4  # initial value of the learned part of eps (paper, section 3.1)
@@ -37,12 +37,7 @@ class FilterResponseNorm(nn.Module):
         self.eps = eps
         self.dim = dim
         self.act = act
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        if act:
-            self.tau = nn.Parameter(torch.zeros(num_channels))
-        else:
-            self.register_parameter("tau", None)
+        add_affine(self, num_channels, "tau", 0.0, act)
         if learned_eps:
             self.eps_l = nn.Parameter(torch.full((num_channels,), EPS_L_INIT))
         else:
