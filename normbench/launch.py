@@ -1,13 +1,13 @@
 """Parallel and cluster sweeps through Hydra's own launcher plugins, not a home-made scheduler.
 
-`normbench sweep --jobs N` and `normbench sweep hydra/launcher=submitit_slurm ...` hand the grid to Hydra's
-multirun (`hydra.main`, driven by rewriting `sys.argv`, the only entry that launchers plug into): the joblib
-launcher runs cells in N local worker processes, the submitit launchers run each cell as a SLURM job (or as a
-local subprocess with `submitit_local`). Hydra expands the same overrides with the same parser as
-`normbench.sweep.expand`, so its jobs are exactly the cells that `normbench.sweep.prepare` validated. Each job
-trains through `normbench.runner.run`, so completed runs are skipped and interrupted ones resume, as in a
-sequential sweep; the job never raises (Hydra would abort the whole multirun), its outcome lands in the run's
-record.json, which the sweep reads afterwards.
+`normbench sweep --jobs N` and `normbench sweep hydra/launcher=submitit_slurm ...` hand the cells that are not
+done yet to Hydra's multirun (`hydra.main`, driven by rewriting `sys.argv`, the only entry that launchers plug
+into): the joblib launcher runs them in N local worker processes, the submitit launchers run each as a SLURM
+job (or as a local subprocess with `submitit_local`). Hydra sweeps a single key, the cell's index in a table of
+the validated cells' overrides that the sweep writes to its launcher folder; each job composes its cell from
+that table and trains through `normbench.runner.run`, so completed runs are skipped and interrupted ones resume,
+as in a sequential sweep. A job never raises (Hydra would abort the whole multirun); its outcome lands in the
+run's record.json, which the sweep reads afterwards.
 """
 
 from __future__ import annotations
@@ -78,18 +78,30 @@ def check_launcher(name: str, hydra_overrides: list[str], first_cell: list[str],
         raise UserError(message) from None
 
 
-def launch(overrides: list[str], hydra_overrides: list[str], name: str, jobs: int, sweep_dir: Path,
+CELL_KEY = "normbench_cell"      # the one key Hydra sweeps: the index of a cell in the sweep's cell table
+TABLE_KEY = "normbench_cells"    # the path of that table (cells.json in the launcher folder)
+
+
+def launch(cells: dict[int, list[str]], hydra_overrides: list[str], name: str, jobs: int, sweep_dir: Path,
            user_config_dir: str | None) -> None:
-    """Run the grid of `overrides` (as typed; Hydra adds an experiment preset's sweeper params itself, with the
-    same precedence as `normbench.sweep.expand`) through Hydra's multirun and the chosen launcher; returns
-    when every job ended."""
+    """Run the cells {index: overrides} (those not done yet) as Hydra jobs with the chosen launcher; returns
+    when every job ended. Hydra sweeps only `+normbench_cell=<i>,<j>,...`: each job composes its cell from the
+    table written here with normbench's own compose, so a job trains exactly the config that
+    `normbench.sweep.prepare` validated, and completed cells never become jobs."""
+    import json
+
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
     from .config import _search_path_overrides, config_dir
+    from .runs import atomic_write_bytes
 
-    argv = ["normbench-sweep", "--multirun", *overrides, *hydra_overrides,
-            *launcher_settings(name, jobs, sweep_dir), *_search_path_overrides(user_config_dir)]
+    table = sweep_dir / "launcher" / "cells.json"
+    atomic_write_bytes(table, json.dumps({"user_config_dir": user_config_dir,
+                                          "cells": {str(i): cell for i, cell in cells.items()}}, indent=1).encode())
+    argv = ["normbench-sweep", "--multirun", f"+{CELL_KEY}={','.join(str(i) for i in cells)}",
+            f"+{TABLE_KEY}={quoted(table.resolve())}", *hydra_overrides, *launcher_settings(name, jobs, sweep_dir),
+            *_search_path_overrides(user_config_dir)]
     entry = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(sweep_job)
     saved_argv = sys.argv
     GlobalHydra.instance().clear()
@@ -116,29 +128,31 @@ def _job_threads(launcher: DictConfig) -> int | None:
 
 
 def sweep_job(cfg: DictConfig) -> dict[str, Any]:
-    """One cell inside a Hydra job (a joblib worker, a SLURM task, a submitit subprocess). Never raises:
-    Hydra would stop the whole multirun at the first failed job."""
+    """One cell inside a Hydra job (a joblib worker, a SLURM task, a submitit subprocess): compose the cell
+    named by `normbench_cell` from the sweep's cell table and train it. Never raises: Hydra would stop the
+    whole multirun at the first failed job."""
+    import json
+
     import torch
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import GROUPS
+    from .config import compose
     from .runner import run as run_one
     from .sweep import reset_state
 
-    hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    label = " ".join(overrides)
-    choices = {group: str(hydra_cfg.runtime.choices[group]) for group in GROUPS
-               if hydra_cfg.runtime.choices.get(group) is not None}
-    user_dirs = [entry.path.removeprefix("file://") for entry in hydra_cfg.searchpath
-                 if str(entry.path).startswith("file://")]
-    threads = _job_threads(hydra_cfg.launcher)
-    if threads:
-        torch.set_num_threads(threads)
-    reset_state(int(cfg.seed))
+    threads = _job_threads(HydraConfig.get().launcher)  # read before compose, which resets Hydra's globals
     echo: Callable[[str], None] = lambda line: print(line, flush=True)
+    label = f"cell {cfg[CELL_KEY]}"
     try:
-        result = run_one(cfg, choices, overrides, user_dirs[0] if user_dirs else None)
+        table = json.loads(Path(cfg[TABLE_KEY]).read_text())
+        overrides = table["cells"][str(cfg[CELL_KEY])]
+        label = " ".join(overrides)
+        user_config_dir = table["user_config_dir"]
+        cell, choices = compose(overrides, user_config_dir, with_choices=True)
+        if threads:
+            torch.set_num_threads(threads)
+        reset_state(int(cell.seed))
+        result = run_one(cell, choices, overrides, user_config_dir)
     except UserError as error:
         echo(f"failed: {label}: {error}")
         return {"status": "failed", "error": str(error)}

@@ -308,21 +308,24 @@ def _claimed_elsewhere(run_dir: Path) -> bool:
 def _run_launched(cells: list[Cell], grid: Grid, hydra_overrides: list[str], launcher: str, jobs: int,
                   sweep_dir: Path, user_config_dir: str | None, echo: Callable[[str], None],
                   echo_err: Callable[[str], None]) -> None:
-    """The grid through Hydra's multirun and the chosen launcher; outcomes are read from the run records."""
+    """The cells not done yet through Hydra's multirun and the chosen launcher; outcomes are read from the
+    run records."""
     from .launch import launch, quoted
+    from .runner import FINAL_STATUSES
     from .runs import read_record
 
     done_before = {cell.run_dir for cell in cells
-                   if (read_record(cell.run_dir) or {}).get("status") == "completed"}
-    todo = len(cells) - len(done_before)
-    echo(f"{len(cells)} cells ({len(done_before)} already completed) through Hydra's {launcher} launcher"
+                   if (read_record(cell.run_dir) or {}).get("status") in FINAL_STATUSES}
+    todo = [index for index, cell in enumerate(cells) if cell.run_dir not in done_before]
+    echo(f"{len(cells)} cells ({len(done_before)} already done) through Hydra's {launcher} launcher"
          + (f", {jobs} at a time" if launcher == "joblib" else "") + f"; launcher files in {sweep_dir / 'launcher'}")
     if todo:
         given = {_bare_key(text.split("=", 1)[0]) for text in grid.overrides}
         extra = [f"out={quoted(Path(cells[0].cfg.out).expanduser().resolve())}"]  # jobs may run elsewhere
         if not any(key == "log" or key.startswith("log.progress") for key in given):
             extra.append("log.progress=none")  # N interleaved progress bars are noise; each job prints its end
-        launch(grid.overrides + extra, hydra_overrides, launcher, jobs, sweep_dir, user_config_dir)
+        launch({index: cells[index].overrides + extra for index in todo}, hydra_overrides, launcher, jobs,
+               sweep_dir, user_config_dir)
     for cell in cells:
         _settle(cell, read_record(cell.run_dir), cell.run_dir in done_before, echo_err)
 

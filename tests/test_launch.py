@@ -99,10 +99,25 @@ def test_jobs_run_the_grid_in_worker_processes_like_a_sequential_sweep(normbench
         assert _history(record) == pytest.approx(_history(reference[key]), rel=1e-5), key
     assert (folder / "table.md").read_text() == (tmp_path / "seq" / "sweeps" / "g" / "table.md").read_text()
 
+    # a rerun launches only what is missing: one deleted run -> one Hydra job
+    import shutil
+
+    removed = sorted(records)[0]
+    shutil.rmtree(tmp_path / "par" / "runs" / removed)
     again = _sweep(normbench, tmp_path / "par", *GRID, "--jobs", "2", "--name", "g")
     assert again.code == 0, again.err
-    assert "4 cells (4 already completed)" in again.out
-    assert "4 cells: 0 completed, 4 skipped (already completed), 0 diverged, 0 failed" in again.out
+    assert "4 cells (3 already done)" in again.out
+    assert "4 cells: 1 completed, 3 skipped (already completed), 0 diverged, 0 failed" in again.out
+    table = json.loads((folder / "launcher" / "cells.json").read_text())
+    assert len(table["cells"]) == 1 and sorted(_records(tmp_path / "par")) == sorted(records)
+    (cell,) = table["cells"].values()
+    assert _history(_records(tmp_path / "par")[removed]) == pytest.approx(_history(reference[removed]), rel=1e-5)
+    (swept_cell,) = [c for c in meta["cells"] if c["run_key"] == removed]
+
+    def settings(overrides):  # what the job adds: an absolute out and no progress bar
+        return [text for text in overrides if not text.startswith(("out=", "log."))]
+
+    assert settings(cell) == settings(swept_cell["overrides"])  # the job trained exactly the validated cell
 
 
 @pytest.mark.slow
