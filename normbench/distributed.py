@@ -126,8 +126,9 @@ def data_parallel(model: nn.Module) -> nn.Module:
     """`model` wrapped in DistributedDataParallel (made once per run and reused), or `model` in one process.
 
     Buffers are synced once, at wrapping, then never again: each process keeps its own BN running statistics
-    (per-device BN, as on W GPUs); rank 0's are the ones evaluated and saved. The wrapper shares `model`'s parameters, so the
-    optimizer built on `model` and `model.state_dict()` (no "module." prefix) stay as in one process."""
+    (per-device BN, as on W GPUs); rank 0's are the ones evaluated and saved. The wrapper shares `model`'s
+    parameters, so the optimizer built on `model` and `model.state_dict()` (no "module." prefix) stay as in one
+    process."""
     if world_size() == 1 or _SESSION is None:
         return model
     if _SESSION.model is not model:

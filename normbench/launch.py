@@ -31,13 +31,16 @@ def is_hydra_override(text: str) -> bool:
     return text.startswith(HYDRA_PREFIXES)
 
 
+def named_launcher(overrides: list[str]) -> str | None:
+    """The launcher a `hydra/launcher=NAME` override names, if any."""
+    named = [text.split("=", 1)[1] for text in overrides if text.lstrip("+").startswith("hydra/launcher=")]
+    return named[-1] if named else None
+
+
 def launcher_name(hydra_overrides: list[str], jobs: int) -> str | None:
     """The launcher a sweep uses: the one named by `hydra/launcher=...`, joblib for --jobs > 1, else None
     (cells run one after another in this process)."""
-    for text in hydra_overrides:
-        if text.lstrip("+").startswith("hydra/launcher="):
-            return text.split("=", 1)[1]
-    return "joblib" if jobs > 1 else None
+    return named_launcher(hydra_overrides) or ("joblib" if jobs > 1 else None)
 
 
 def quoted(value: object) -> str:

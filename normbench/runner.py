@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 from collections import Counter
@@ -203,8 +204,7 @@ def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, 
     if fast.summary and state["epoch"] < cfg.epochs:
         progress.line(fast.summary)
     if state["epoch"] == cfg.epochs:  # the checkpoint has every epoch: only record.json was lost, rebuild it
-        last_loss = state["history"][-1]["test_loss"]
-        record["status"] = "completed" if last_loss == last_loss and abs(last_loss) != float("inf") else "diverged"
+        record["status"] = "completed" if math.isfinite(state["history"][-1]["test_loss"]) else "diverged"
         write_json(run_dir / RECORD, record)
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"] + 1
@@ -245,7 +245,7 @@ def _train_epochs(cfg, model, optimizer, lr_at, generator, data, state, record, 
         for name in ("train_loss", "train_acc", "test_loss", "test_acc", "test_error"):
             writer.add_scalar(f"epoch/{name}", entry[name], epoch)
         writer.flush()
-        if test_loss != test_loss or test_loss in (float("inf"), float("-inf")):
+        if not math.isfinite(test_loss):
             record["status"] = "diverged"
             record["diverged_at"] = {"epoch": epoch, "step": stats.steps, "loss": f"test loss {test_loss}"}
         elif epoch == cfg.epochs:

@@ -210,9 +210,9 @@ def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: st
     or the one named by a `hydra/launcher=...` override (submitit_slurm, submitit_local).
     KeyboardInterrupt propagates (completed cells stay done; rerunning resumes)."""
     from .distributed import is_main, launched
-    from .launch import check_launcher, is_hydra_override, launcher_name
+    from .launch import check_launcher, is_hydra_override, launcher_name, named_launcher
 
-    if launched() and (jobs > 1 or any(text.lstrip("+").startswith("hydra/launcher=") for text in overrides)):
+    if launched() and (jobs > 1 or named_launcher(overrides)):
         raise UserError("under torchrun every process trains every cell together (DDP); --jobs and Hydra "
                         "launchers start separate runs: use one or the other")
     if not is_main():  # torchrun: every rank trains each cell, rank 0 reports and writes the sweep folder
@@ -233,7 +233,7 @@ def run_sweep(overrides: list[str], name: str | None = None, user_config_dir: st
                             f"--jobs N or hydra/launcher=submitit_slurm, or drop it")
         _run_here(cells, user_config_dir, echo, echo_err)
     else:
-        if not any(text.lstrip("+").startswith("hydra/launcher=") for text in hydra_overrides):
+        if named_launcher(hydra_overrides) is None:
             hydra_overrides.append(f"hydra/launcher={launcher}")  # --jobs N alone: Hydra's joblib launcher
         check_launcher(launcher, hydra_overrides, cells[0].overrides, user_config_dir)
         _run_launched(cells, grid, hydra_overrides, launcher, jobs, result.sweep_dir, user_config_dir, echo, echo_err)

@@ -4,6 +4,7 @@ that experiment presets hold."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,6 @@ def test_jobs_run_the_grid_in_worker_processes_like_a_sequential_sweep(normbench
     assert (folder / "table.md").read_text() == (tmp_path / "seq" / "sweeps" / "g" / "table.md").read_text()
 
     # a rerun launches only what is missing: one deleted run -> one Hydra job
-    import shutil
-
     removed = sorted(records)[0]
     shutil.rmtree(tmp_path / "par" / "runs" / removed)
     again = _sweep(normbench, tmp_path / "par", *GRID, "--jobs", "2", "--name", "g")
