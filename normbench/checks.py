@@ -1,10 +1,10 @@
-"""`normbench check`: numerical self-checks of the norm layers, one pass/fail line each (float64, CPU)."""
+"""`normbench check`: numerical self-checks of the norm layers, one pass/fail line each (float64,
+CPU)."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -19,12 +19,14 @@ TOL = {"rtol": 1e-9, "atol": 1e-10}
 @dataclass(frozen=True)
 class Check:
     name: str
-    norms: tuple[str, ...]      # the norms it is about, for `normbench check --norm NAME`
-    run: Callable[[], str]      # returns a short detail; raises AssertionError (or any error) on failure
+    norms: tuple[str, ...]  # the norms it is about, for `normbench check --norm NAME`
+    # returns a short detail; raises AssertionError (or any error) on failure
+    run: Callable[[], str]
 
 
 def sample(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """float64 input with per-channel offsets and scales, so a wrong axis or a missing affine shows."""
+    """float64 input with per-channel offsets and scales, so a wrong axis or a missing affine
+    shows."""
     generator = torch.Generator().manual_seed(seed)
     channels = shape[1]
     view = (1, channels) + (1,) * (len(shape) - 2)
@@ -39,33 +41,46 @@ def randomize(module: nn.Module, seed: int = 1) -> nn.Module:
     with torch.no_grad():
         for name, param in module.named_parameters():
             noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            param.copy_(noise * 1e-2 if name == "eps_l" else noise + (1.0 if name == "weight" else 0.0))
+            param.copy_(
+                noise * 1e-2 if name == "eps_l" else noise + (1.0 if name == "weight" else 0.0)
+            )
     return module
 
 
-def outputs_and_grads(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, params: list[torch.Tensor],
-                      seed: int = 2) -> list[torch.Tensor]:
+def outputs_and_grads(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    params: list[torch.Tensor],
+    seed: int = 2,
+) -> list[torch.Tensor]:
     """[fn(x), d<fn(x), g>/dx, d<fn(x), g>/dparams...] for a fixed random g."""
     x = x.detach().clone().requires_grad_(True)
     out = fn(x)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     grads = torch.autograd.grad((out * g).sum(), [x, *params], allow_unused=True)
-    return [out.detach(), *[torch.zeros_like(p) if gr is None else gr for p, gr in zip([x, *params], grads)]]
+    return [
+        out.detach(),
+        *[torch.zeros_like(p) if gr is None else gr for p, gr in zip([x, *params], grads)],
+    ]
 
 
 def assert_same_module(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
-    """Two modules with parameters of the same shapes (copied from a to b) agree on output and all grads."""
+    """Two modules with parameters of the same shapes (copied from a to b) agree on output and all
+    grads."""
     with torch.no_grad():
         for pa, pb in zip(a.parameters(), b.parameters()):
             pb.copy_(pa)
     got = outputs_and_grads(a, x, list(a.parameters()))
     want = outputs_and_grads(b, x, list(b.parameters()))
     for i, (g, w) in enumerate(zip(got, want)):
-        torch.testing.assert_close(g, w, **TOL, msg=lambda m, i=i: f"tensor {i} (0=output, 1=dx, 2..=dparams): {m}")
+        torch.testing.assert_close(
+            g, w, **TOL, msg=lambda m, i=i: f"tensor {i} (0=output, 1=dx, 2..=dparams): {m}"
+        )
 
 
 def assert_matches_reference(module: nn.Module, reference: Callable, x: torch.Tensor) -> None:
-    """module(x) and reference(x, params) agree on the output and the gradients w.r.t. x and every parameter."""
+    """module(x) and reference(x, params) agree on the output and the gradients w.r.t. x and every
+    parameter."""
     params = dict(module.named_parameters())
     copies = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
     got = outputs_and_grads(module, x, list(params.values()))
@@ -75,9 +90,12 @@ def assert_matches_reference(module: nn.Module, reference: Callable, x: torch.Te
         torch.testing.assert_close(g, w, **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
-# Options that make a check exercise the interesting path on a 5-image batch: BRN with its bounds already
-# relaxed (r_max=3, d_max=5 from step 0), GBN with two virtual batches (3 + 2 images).
-CHECK_OPTIONS = {"brn": {"warmup_start": 0, "rmax_iters": 0, "dmax_iters": 0}, "gbn": {"ghost_batch": 2}}
+# Options that make a check exercise the interesting path on a 5-image batch: BRN with its bounds
+# already relaxed (r_max=3, d_max=5 from step 0), GBN with two virtual batches (3 + 2 images).
+CHECK_OPTIONS = {
+    "brn": {"warmup_start": 0, "rmax_iters": 0, "dmax_iters": 0},
+    "gbn": {"ghost_batch": 2},
+}
 
 
 def _train_reference(name: str, module: nn.Module, act: bool, x: torch.Tensor) -> Callable:
@@ -92,7 +110,9 @@ def _train_reference(name: str, module: nn.Module, act: bool, x: torch.Tensor) -
     if name == "gbn":
         from .norms.ghost_batch_norm import ghost_sizes
 
-        return lambda t, p: ref.ref_gbn_train(t, p, eps, ghost_sizes(x.shape[0], module.ghost_batch))
+        return lambda t, p: ref.ref_gbn_train(
+            t, p, eps, ghost_sizes(x.shape[0], module.ghost_batch)
+        )
     if name == "mabn":
         return lambda t, p: ref.ref_mabn(t, p, eps, "train")
     if name == "evonorm_b0":
@@ -106,7 +126,9 @@ def _eval_reference(name: str, module: nn.Module, act: bool) -> Callable:
     if name in ("bn", "syncbn", "brn", "gbn"):
         return lambda t, p: ref.ref_bn_eval(t, p, eps, module.running_mean, module.running_var)
     if name == "mabn":
-        return lambda t, p: ref._affine(t / torch.sqrt(ref._bcast(module.running_var, t) + eps), p, t)
+        return lambda t, p: ref._affine(
+            t / torch.sqrt(ref._bcast(module.running_var, t) + eps), p, t
+        )
     if name == "evonorm_b0":
         return lambda t, p: ref.ref_evonorm_b0(t, p, eps, module.running_var.detach().clone(), act)
     return _stateless_reference(name, module, act)
@@ -134,14 +156,19 @@ def _check_reference(name: str) -> Callable[[], str]:
         for dim in dims:
             shape = (5, 6, 4, 3) if dim == 2 else (5, 6)
             for act in acts:
-                module = randomize(build_norm(name, 6, dim, act=act, **CHECK_OPTIONS.get(name, {})).double())
+                module = randomize(
+                    build_norm(name, 6, dim, act=act, **CHECK_OPTIONS.get(name, {})).double()
+                )
                 x = sample(shape, seed=3)
                 module.train()
                 assert_matches_reference(module, _train_reference(name, module, act, x), x)
                 module.eval()
-                assert_matches_reference(module, _eval_reference(name, module, act), sample(shape, seed=4))
+                assert_matches_reference(
+                    module, _eval_reference(name, module, act), sample(shape, seed=4)
+                )
                 done.append(f"dim={dim}" + ("" if act else " act=False"))
         return f"train + eval, output + all gradients ({', '.join(done)})"
+
     return run
 
 
@@ -150,7 +177,9 @@ def _check_gn_equals(groups_of: Callable[[int], int], other: str) -> str:
         if dim == 1 and not NORMS[other].supports_1d:
             continue
         for mode in ("train", "eval"):
-            gn = randomize(build_norm("gn", 6, dim, groups=groups_of(6), min_channels_per_group=1).double())
+            gn = randomize(
+                build_norm("gn", 6, dim, groups=groups_of(6), min_channels_per_group=1).double()
+            )
             ref = build_norm(other, 6, dim).double()
             getattr(gn, mode)(), getattr(ref, mode)()
             assert_same_module(gn, ref, sample(shape, seed=3))
@@ -158,32 +187,46 @@ def _check_gn_equals(groups_of: Callable[[int], int], other: str) -> str:
 
 
 def _check_scratch_bn() -> str:
-    """d2l's from-scratch batch_norm == nn.BatchNorm2d over 5 train steps (outputs, grads, running stats), then eval."""
+    """d2l's from-scratch batch_norm == nn.BatchNorm2d over 5 train steps (outputs, grads, running
+    stats), then eval."""
     torch_bn = randomize(nn.BatchNorm2d(6, eps=1e-5, momentum=0.1).double())
     gamma = torch_bn.weight.detach().clone().view(1, 6, 1, 1).requires_grad_(True)
     beta = torch_bn.bias.detach().clone().view(1, 6, 1, 1).requires_grad_(True)
-    mean, var = torch.zeros(1, 6, 1, 1, dtype=torch.float64), torch.ones(1, 6, 1, 1, dtype=torch.float64)
+    mean, var = (
+        torch.zeros(1, 6, 1, 1, dtype=torch.float64),
+        torch.ones(1, 6, 1, 1, dtype=torch.float64),
+    )
     biased_var = var.clone()
     for step in range(5):
         x = sample((4, 6, 5, 5), seed=10 + step)
-        ours = outputs_and_grads(lambda t: scratch_batch_norm(t, gamma, beta, mean, var, 1e-5, 0.1, True)[0],
-                                 x, [gamma, beta])
+        ours = outputs_and_grads(
+            lambda t, mean=mean, var=var: scratch_batch_norm(
+                t, gamma, beta, mean, var, 1e-5, 0.1, True
+            )[0],
+            x,
+            [gamma, beta],
+        )
         torch_out = outputs_and_grads(torch_bn, x, [torch_bn.weight, torch_bn.bias])
         torch.testing.assert_close(ours[0], torch_out[0], **TOL)
         torch.testing.assert_close(ours[1], torch_out[1], **TOL)
         torch.testing.assert_close(ours[2].flatten(), torch_out[2], **TOL)
         _, mean, var = scratch_batch_norm(x, gamma, beta, mean, var, 1e-5, 0.1, True)
-        _, _, biased_var = scratch_batch_norm(x, gamma, beta, mean, biased_var, 1e-5, 0.1, True,
-                                              unbiased_moving_var=False)
+        _, _, biased_var = scratch_batch_norm(
+            x, gamma, beta, mean, biased_var, 1e-5, 0.1, True, unbiased_moving_var=False
+        )
         torch.testing.assert_close(mean.flatten(), torch_bn.running_mean, **TOL)
         torch.testing.assert_close(var.flatten(), torch_bn.running_var, **TOL)
     torch_bn.eval()
     x = sample((4, 6, 5, 5), seed=20)
     with torch.no_grad():
-        torch.testing.assert_close(scratch_batch_norm(x, gamma, beta, mean, var, 1e-5, 0.1, False)[0], torch_bn(x),
-                                   **TOL)
+        torch.testing.assert_close(
+            scratch_batch_norm(x, gamma, beta, mean, var, 1e-5, 0.1, False)[0], torch_bn(x), **TOL
+        )
     gap = (var / biased_var).max().item()
-    return f"5 train steps + eval equal incl. running stats (the book's biased running var is up to {gap:.4f}x smaller)"
+    return (
+        "5 train steps + eval equal incl. running stats (the book's biased running var is up "
+        f"to {gap:.4f}x smaller)"
+    )
 
 
 def _check_folding(norm: str) -> Callable[[], str]:
@@ -196,7 +239,8 @@ def _check_folding(norm: str) -> Callable[[], str]:
         model, _ = build_model(compose([f"norm={norm}"]))
         model.double().train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        for step in range(3):  # move running statistics and affine parameters off their initial values
+        # move running statistics and affine parameters off their initial values
+        for step in range(3):
             loss = model(sample((8, 1, 28, 28), seed=30 + step)).logsumexp(dim=1).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -208,13 +252,24 @@ def _check_folding(norm: str) -> Callable[[], str]:
             torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
         assert count > 0, "no norm was folded"
         return f"LeNet-{norm}: {count} norms folded, eval outputs equal"
+
     return run
 
 
 def all_checks() -> list[Check]:
-    checks = [Check(f"{name} == its reference formula" + (" (warm-up: custom backward == autograd of "
-                    "y = gamma*x/sqrt(E[x^2]+eps)+beta)" if name == "mabn" else ""), (name,), _check_reference(name))
-              for name in NORMS]
+    checks = [
+        Check(
+            f"{name} == its reference formula"
+            + (
+                " (warm-up: custom backward == autograd of y = gamma*x/sqrt(E[x^2]+eps)+beta)"
+                if name == "mabn"
+                else ""
+            ),
+            (name,),
+            _check_reference(name),
+        )
+        for name in NORMS
+    ]
     checks += [
         Check("gn(groups=1) == ln", ("gn", "ln"), lambda: _check_gn_equals(lambda c: 1, "ln")),
         Check("gn(groups=C) == in", ("gn", "in"), lambda: _check_gn_equals(lambda c: c, "in")),
@@ -225,7 +280,9 @@ def all_checks() -> list[Check]:
     for name in NORMS:
         probe = build_norm(name, 4).double().eval()
         if eval_affine(probe) is not None:
-            checks.append(Check(f"{name} folds into the preceding conv/linear", (name,), _check_folding(name)))
+            checks.append(
+                Check(f"{name} folds into the preceding conv/linear", (name,), _check_folding(name))
+            )
     return checks
 
 
@@ -238,6 +295,8 @@ def run_checks(norm: str | None = None) -> list[tuple[Check, bool, str]]:
             detail = check.run()
             results.append((check, True, detail))
         except Exception as error:  # a failed check is reported as a line, never a traceback
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
             results.append((check, False, f"{type(error).__name__}: {first}"))
     return results

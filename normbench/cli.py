@@ -1,4 +1,5 @@
-"""The `normbench` command line (Typer). Overrides after the command go to Hydra: `normbench run norm=gn batch=2`."""
+"""The `normbench` command line (Typer). Overrides after the command go to Hydra: `normbench run
+norm=gn batch=2`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,16 +14,22 @@ from .errors import UserError
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Compare normalization layers in CNNs as the per-device batch shrinks.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Compare normalization layers in CNNs as the per-device batch shrinks.",
+)
 
 
 def _config_help() -> str:
-    """The keys of configs/config.yaml with their defaults and comments, and the options of each group."""
+    """The keys of configs/config.yaml with their defaults and comments, and the options of each
+    group."""
     from .config import GROUPS, config_dir
 
     root = config_dir()
-    lines = ["\b", "Config groups (pick with group=option):"]  # \b: click keeps this paragraph's line breaks
+    # \b: click keeps this paragraph's line breaks
+    lines = ["\b", "Config groups (pick with group=option):"]
     for group in GROUPS:
         options = sorted(p.stem for p in (root / group).glob("*.yaml"))
         lines.append(f"  {group:<9} {', '.join(options)}")
@@ -41,11 +47,16 @@ def _config_help() -> str:
         if not indent:
             section = ""
         lines.append(f"  {name + '=' + value:<22} {comment or ''}".rstrip())
-    lines += ["", "Norm options live under norm. (see configs/norm/*.yaml), e.g. norm.groups=8 norm.eps=1e-6."]
+    lines += [
+        "",
+        "Norm options live under norm. (see configs/norm/*.yaml), e.g. norm.groups=8 "
+        "norm.eps=1e-6.",
+    ]
     return "\n".join(lines)
 
 
-RUN_HELP = f"""Train one config and write <out>/runs/<run_key>/ (config.yaml, record.json, tb/, checkpoint.pt).
+RUN_HELP = f"""Train one config and write <out>/runs/<run_key>/ (config.yaml, record.json, tb/,
+checkpoint.pt).
 
 Examples: normbench run norm=gn batch=2 | normbench run norm=frn data.train_size=2000 epochs=2
 
@@ -57,9 +68,14 @@ A completed run is not redone (use --force); an interrupted one resumes from its
 @app.command(context_settings=EXTRA_ARGS, help=RUN_HELP)
 def run(
     ctx: typer.Context,
-    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Extra folder of config groups "
-                                              "(e.g. DIR/norm/mine.yaml), searched before the shipped ones. "
-                                              "Also NORMBENCH_CONFIG_DIR."),
+    config_dir: Path | None = typer.Option(
+        None,
+        "--config-dir",
+        help="Extra folder of config groups "
+        "(e.g. DIR/norm/mine.yaml), searched before "
+        "the shipped ones. "
+        "Also NORMBENCH_CONFIG_DIR.",
+    ),
     force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
 ) -> None:
@@ -70,9 +86,13 @@ def run(
     _reject_options(overrides)
     cfg, choices = compose(overrides, config_dir, with_choices=True)
     try:
-        result = run_one(cfg, choices, overrides, str(config_dir) if config_dir else None, force=force)
+        result = run_one(
+            cfg, choices, overrides, str(config_dir) if config_dir else None, force=force
+        )
     except KeyboardInterrupt:  # the record says "interrupted" and the last checkpoint is kept
-        typer.echo("interrupted: rerun the same command to resume from the last checkpoint", err=True)
+        typer.echo(
+            "interrupted: rerun the same command to resume from the last checkpoint", err=True
+        )
         raise typer.Exit(130) from None
     from .distributed import is_main
 
@@ -82,44 +102,73 @@ def run(
     metrics = record.get("metrics", {})
     if result.skipped and record["status"] == "diverged":
         where = record.get("diverged_at") or {}
-        typer.echo(f"already diverged: {result.run_dir} (epoch {where.get('epoch')}, step {where.get('step')}); "
-                   f"--force trains it again")
+        typer.echo(
+            f"already diverged: {result.run_dir} (epoch {where.get('epoch')}, step "
+            f"{where.get('step')}); "
+            f"--force trains it again"
+        )
     elif result.skipped:
-        typer.echo(f"already completed: {result.run_dir} (test_error {metrics.get('test_error'):.2f}%); "
-                   f"--force trains it again")
+        typer.echo(
+            f"already completed: {result.run_dir} (test_error "
+            f"{metrics.get('test_error'):.2f}%); "
+            f"--force trains it again"
+        )
     elif record["status"] == "completed":
-        typer.echo(f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  "
-                   f"test_acc {metrics['test_acc']:.4f}  best_test_error {metrics['best_test_error']:.2f}%  "
-                   f"{record['timing']['train_seconds']:.1f}s")
+        typer.echo(
+            f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  "
+            f"test_acc {metrics['test_acc']:.4f}  best_test_error "
+            f"{metrics['best_test_error']:.2f}%  "
+            f"{record['timing']['train_seconds']:.1f}s"
+        )
     else:
         typer.echo(f"{record['status']}: {result.run_dir}")
 
 
-SWEEP_HELP = """Run the grid of all sweep overrides (Hydra syntax), one cell after another, then write
-<out>/sweeps/<name>/ (sweep.yaml, table.md, table.tex, table.csv, error_vs_batch.png).
+SWEEP_HELP = """Run the grid of all sweep overrides (Hydra syntax), one cell after another, then
+write <out>/sweeps/<name>/ (sweep.yaml, table.md, table.tex, table.csv,
+error_vs_batch.png).
 
-Examples: normbench sweep norm=bn,gn batch=2,4,8 seed=0,1,2 | normbench sweep norm=gn batch=range(2,9,2)
+Examples: normbench sweep norm=bn,gn batch=2,4,8 seed=0,1,2 | normbench sweep norm=gn
+batch=range(2,9,2)
 
-Sweeps: comma lists (a=1,2), range(start,stop[,step]), choice(...); other overrides apply to every cell.
-A preset may hold the grid: normbench sweep experiment=gn_paper --jobs 2 (normbench list experiments).
-Every cell is checked before any trains. Completed runs are skipped, so rerunning a sweep only does what is
-missing; a failed or diverged cell is reported and the others go on. Same keys as `normbench run --help`.
+Sweeps: comma lists (a=1,2), range(start,stop[,step]), choice(...); other overrides apply to every
+cell. A preset may hold the grid: normbench sweep experiment=gn_paper --jobs 2 (normbench list
+experiments). Every cell is checked before any trains. Completed runs are skipped, so rerunning a
+sweep only does what is missing; a failed or diverged cell is reported and the others go on. Same
+keys as `normbench run --help`.
 
 Parallel / cluster (Hydra launchers): --jobs N runs N cells at once on this machine (joblib);
-hydra/launcher=submitit_slurm hydra.launcher.partition=P hydra.launcher.timeout_min=120 submits one SLURM job
-per cell (pip install 'normbench[slurm]'); hydra/launcher=submitit_local tries that locally."""
+hydra/launcher=submitit_slurm hydra.launcher.partition=P hydra.launcher.timeout_min=120 submits one
+SLURM job per cell (pip install 'normbench[slurm]'); hydra/launcher=submitit_local tries that
+locally."""
 
 
 @app.command(context_settings=EXTRA_ARGS, help=SWEEP_HELP)
 def sweep(
     ctx: typer.Context,
-    name: Optional[str] = typer.Option(None, "--name", help="Folder name under <out>/sweeps/ (default: from the "
-                                       "swept keys and values, e.g. norm-bn,gn_batch-2,4)."),
-    config_dir: Optional[Path] = typer.Option(None, "--config-dir", help="Extra folder of config groups "
-                                              "(e.g. DIR/norm/mine.yaml), searched before the shipped ones. "
-                                              "Also NORMBENCH_CONFIG_DIR."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells trained at once in local worker processes (Hydra's "
-                             "joblib launcher); torch threads are split between them."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Folder name under <out>/sweeps/ "
+        "(default: from the "
+        "swept keys and values, e.g. norm-bn,gn_batch-2,4).",
+    ),
+    config_dir: Path | None = typer.Option(
+        None,
+        "--config-dir",
+        help="Extra folder of config groups "
+        "(e.g. DIR/norm/mine.yaml), searched before "
+        "the shipped ones. "
+        "Also NORMBENCH_CONFIG_DIR.",
+    ),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        "-j",
+        help="Cells trained at once in local worker "
+        "processes (Hydra's "
+        "joblib launcher); torch threads are split between them.",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
 ) -> None:
     from .sweep import describe, run_sweep
@@ -127,10 +176,20 @@ def sweep(
     overrides = list(ctx.args)
     _reject_options(overrides)
     try:
-        result = run_sweep(overrides, name, str(config_dir) if config_dir else None,
-                           echo=typer.echo, echo_err=lambda line: typer.echo(line, err=True), jobs=jobs)
-    except KeyboardInterrupt:  # the current run keeps its last checkpoint; completed cells are skipped next time
-        typer.echo("interrupted: rerun the same sweep command to resume (completed cells are skipped)", err=True)
+        result = run_sweep(
+            overrides,
+            name,
+            str(config_dir) if config_dir else None,
+            echo=typer.echo,
+            echo_err=lambda line: typer.echo(line, err=True),
+            jobs=jobs,
+        )
+    # the current run keeps its last checkpoint; completed cells are skipped next time
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: rerun the same sweep command to resume (completed cells are skipped)",
+            err=True,
+        )
         raise typer.Exit(130) from None
     from .distributed import is_main
 
@@ -142,12 +201,17 @@ LISTABLE = ("norms", "backbones", "data", "experiments")
 
 
 @app.command("list")
-def list_(what: str = typer.Argument("norms", help="norms, backbones, data or experiments")) -> None:
+def list_(
+    what: str = typer.Argument("norms", help="norms, backbones, data or experiments"),
+) -> None:
     """What is available, one line each."""
     from .config import did_you_mean
 
     if what not in LISTABLE:
-        raise UserError(f"cannot list {what!r}{did_you_mean(what, LISTABLE)}; choose one of: {', '.join(LISTABLE)}")
+        raise UserError(
+            f"cannot list {what!r}{did_you_mean(what, LISTABLE)}; choose one of: "
+            f"{', '.join(LISTABLE)}"
+        )
     if what == "norms":
         from .norms import NORMS
 
@@ -173,22 +237,33 @@ def list_(what: str = typer.Argument("norms", help="norms, backbones, data or ex
 
         presets = sorted((config_dir() / "experiment").glob("*.yaml"))
         for path in presets:
-            first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines()
-                          if line.startswith("#") and "@package" not in line), "")
+            first = next(
+                (
+                    line.lstrip("# ").strip()
+                    for line in path.read_text().splitlines()
+                    if line.startswith("#") and "@package" not in line
+                ),
+                "",
+            )
             typer.echo(f"{path.stem:<14} {first}")
         if not presets:
             typer.echo("no experiment presets yet")
 
 
 @app.command()
-def check(norm: Optional[str] = typer.Option(None, "--norm", help="Only the checks about this norm.")) -> None:
-    """Numerical self-check of the norm layers: one PASS/FAIL line per check; exit 1 if any fails."""
+def check(
+    norm: str | None = typer.Option(None, "--norm", help="Only the checks about this norm."),
+) -> None:
+    """Numerical self-check of the norm layers: one PASS/FAIL line per check; exit 1 if any
+    fails."""
     from .checks import run_checks
     from .config import did_you_mean
     from .norms import NORMS
 
     if norm is not None and norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}{did_you_mean(norm, NORMS)}; choose one of: {', '.join(NORMS)}")
+        raise UserError(
+            f"unknown norm {norm!r}{did_you_mean(norm, NORMS)}; choose one of: {', '.join(NORMS)}"
+        )
     results = run_checks(norm)
     for check_, passed, detail in results:
         typer.echo(f"{'PASS' if passed else 'FAIL'}  {check_.name}: {detail}")
@@ -200,15 +275,28 @@ def check(norm: Optional[str] = typer.Option(None, "--norm", help="Only the chec
 
 @app.command()
 def table(
-    path: Path = typer.Argument(..., help="A sweep folder or any folder containing run dirs (searched recursively)."),
-    fmt: str = typer.Option("md", "--format", help="md (printed Markdown), latex (booktabs) or csv (raw numbers)."),
-    metric: str = typer.Option("test_error", "--metric", help="test_error, best_test_error or train_loss."),
-    rows: str = typer.Option("norm", "--rows", help="Config key for the rows (e.g. norm, backbone)."),
-    cols: str = typer.Option("batch", "--cols", help="Config key for the columns (e.g. batch, accum, norm.groups)."),
-    cost: bool = typer.Option(False, "--cost", help="Add mean images/s and peak memory (MB) per row."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of printing."),
+    path: Path = typer.Argument(
+        ..., help="A sweep folder or any folder containing run dirs (searched recursively)."
+    ),
+    fmt: str = typer.Option(
+        "md", "--format", help="md (printed Markdown), latex (booktabs) or csv (raw numbers)."
+    ),
+    metric: str = typer.Option(
+        "test_error", "--metric", help="test_error, best_test_error or train_loss."
+    ),
+    rows: str = typer.Option(
+        "norm", "--rows", help="Config key for the rows (e.g. norm, backbone)."
+    ),
+    cols: str = typer.Option(
+        "batch", "--cols", help="Config key for the columns (e.g. batch, accum, norm.groups)."
+    ),
+    cost: bool = typer.Option(
+        False, "--cost", help="Add mean images/s and peak memory (MB) per row."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write to this file instead of printing."),
 ) -> None:
-    """Paper-style table from the run records under PATH: mean ± std over seeds, best per column in bold."""
+    """Paper-style table from the run records under PATH: mean ± std over seeds, best per column in
+    bold."""
     from .results import build_table, render, write_text
 
     text = render(build_table(path, metric, rows, cols), fmt, cost)
@@ -220,25 +308,50 @@ def table(
 
 @app.command()
 def plot(
-    path: Path = typer.Argument(..., help="A sweep folder or any folder containing run dirs (searched recursively)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default PATH/error_vs_batch.png, "
-                                       "with --curves PATH/curves.png)."),
-    metric: str = typer.Option("test_error", "--metric", help="test_error, best_test_error or train_loss "
-                               "(error-vs-batch figure only)."),
-    rows: str = typer.Option("norm", "--rows", help="Config key for the lines (e.g. norm, backbone)."),
-    cols: str = typer.Option("batch", "--cols", help="Config key for the x axis, or for the panels with --curves "
-                             "(e.g. batch, accum, norm.groups)."),
-    curves: bool = typer.Option(False, "--curves", help="Training curves from the runs' TensorBoard events instead: "
-                                "one panel per --cols value, train loss and test error vs epoch, one line per "
-                                "--rows value (mean over seeds, band = min..max)."),
+    path: Path = typer.Argument(
+        ..., help="A sweep folder or any folder containing run dirs (searched recursively)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="PNG to write (default PATH/error_vs_batch.png, with --curves PATH/curves.png).",
+    ),
+    metric: str = typer.Option(
+        "test_error",
+        "--metric",
+        help="test_error, best_test_error or train_loss (error-vs-batch figure only).",
+    ),
+    rows: str = typer.Option(
+        "norm", "--rows", help="Config key for the lines (e.g. norm, backbone)."
+    ),
+    cols: str = typer.Option(
+        "batch",
+        "--cols",
+        help="Config key for the x axis, or for the "
+        "panels with --curves "
+        "(e.g. batch, accum, norm.groups).",
+    ),
+    curves: bool = typer.Option(
+        False,
+        "--curves",
+        help="Training curves from the runs' "
+        "TensorBoard events instead: "
+        "one panel per --cols value, train loss and test error vs "
+        "epoch, one line per "
+        "--rows value (mean over seeds, band = min..max).",
+    ),
 ) -> None:
-    """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds (or --curves)."""
+    """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds (or
+    --curves)."""
     if curves:
         from .curves import plot_curves
 
         if metric != "test_error":
-            raise UserError("--metric chooses the error-vs-batch figure's y; --curves always draws train loss "
-                            "and test error: drop one of the two options")
+            raise UserError(
+                "--metric chooses the error-vs-batch figure's y; --curves always "
+                "draws train loss "
+                "and test error: drop one of the two options"
+            )
         typer.echo(f"wrote {plot_curves(path, out, rows, cols)}")
         return
     from .plots import plot as draw
@@ -249,34 +362,73 @@ def plot(
 @app.command()
 def bench(
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu or cuda."),
-    quick: bool = typer.Option(False, "--quick", help="Small sizes, one or two repeats: seconds, rough ratios."),
-    only: Optional[str] = typer.Option(None, "--only", help="Sections, comma list of loop, norms, fold (default all)."),
-    norms: Optional[str] = typer.Option(None, "--norms", help="Norms of the norms section, comma list "
-                                        "(default every registered norm; bn is always measured, the reference)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write every measurement as JSON to this file."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (1 on a shared machine)."),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="Repeats of every section (default 3 epochs, "
-                                          "9 steps, 30 forwards)."),
-    norm_batch: Optional[int] = typer.Option(None, "--norm-batch", help="Images per step, norms section (16)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input px, norms section (32)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Small sizes, one or two repeats: seconds, rough ratios."
+    ),
+    only: str | None = typer.Option(
+        None, "--only", help="Sections, comma list of loop, norms, fold (default all)."
+    ),
+    norms: str | None = typer.Option(
+        None,
+        "--norms",
+        help="Norms of the norms section, comma "
+        "list "
+        "(default every registered norm; bn is always "
+        "measured, the reference).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write every measurement as JSON to this file."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch intra-op threads (1 on a shared machine)."
+    ),
+    repeats: int | None = typer.Option(
+        None, "--repeats", help="Repeats of every section (default 3 epochs, 9 steps, 30 forwards)."
+    ),
+    norm_batch: int | None = typer.Option(
+        None, "--norm-batch", help="Images per step, norms section (16)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Input px, norms section (32)."
+    ),
     amp: bool = typer.Option(False, "--amp", help="Norms section with bf16 autocast (amp=true)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Norms section with channels_last=true."),
-    compile_mode: Optional[str] = typer.Option(None, "--compile", help="Norms section with torch.compile: "
-                                               "default, reduce-overhead or max-autotune."),
+    channels_last: bool = typer.Option(
+        False, "--channels-last", help="Norms section with channels_last=true."
+    ),
+    compile_mode: str | None = typer.Option(
+        None,
+        "--compile",
+        help="Norms section with torch.compile: default, reduce-overhead or max-autotune.",
+    ),
 ) -> None:
-    """Loop overhead (normbench vs a minimal loop vs the DataLoader loop), train-step time and activation memory
-    of every norm on ResNet-18 relative to BN, and eval latency with BN folded; ratios with their targets."""
+    """Loop overhead (normbench vs a minimal loop vs the DataLoader loop), train-step time and
+    activation memory of every norm on ResNet-18 relative to BN, and eval latency with BN folded;
+    ratios with their targets."""
     from .bench import fast_overrides, run_bench
 
-    run_bench(device, quick, only, norms, out, threads, repeats, norm_batch, image_size,
-              fast_overrides(amp, channels_last, compile_mode), echo=typer.echo)
+    run_bench(
+        device,
+        quick,
+        only,
+        norms,
+        out,
+        threads,
+        repeats,
+        norm_batch,
+        image_size,
+        fast_overrides(amp, channels_last, compile_mode),
+        echo=typer.echo,
+    )
 
 
 def _reject_options(args: list[str]) -> None:
-    """Unknown --options would otherwise reach Hydra as overrides and fail with a confusing message."""
+    """Unknown --options would otherwise reach Hydra as overrides and fail with a confusing
+    message."""
     for arg in args:
         if arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}: overrides are key=value (e.g. norm=gn); see --help")
+            raise UserError(
+                f"unknown option {arg!r}: overrides are key=value (e.g. norm=gn); see --help"
+            )
 
 
 def main() -> None:

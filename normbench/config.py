@@ -1,12 +1,14 @@
-"""Composing the run config with Hydra's compose API, and turning every bad input into one UserError line."""
+"""Composing the run config with Hydra's compose API, and turning every bad input into one UserError
+line."""
 
 from __future__ import annotations
 
 import difflib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,9 +20,11 @@ NON_RESULT_KEYS = ("out", "device", "log", "data.workers")
 
 
 def changes_results(key: str) -> bool:
-    """False for settings that never change a run's numbers (where it writes, which device, logging, loader
-    workers): they are left out of the run key and of the checkpoint's identity."""
+    """False for settings that never change a run's numbers (where it writes, which device, logging,
+    loader workers): they are left out of the run key and of the checkpoint's identity."""
     return not any(key == k or key.startswith(f"{k}.") for k in NON_RESULT_KEYS)
+
+
 GROUPS = ("backbone", "norm", "data", "optim")
 USER_CONFIG_ENV = "NORMBENCH_CONFIG_DIR"
 
@@ -32,8 +36,10 @@ def config_dir() -> Path:
     for candidate in (here / "configs", here.parent / "configs"):
         if (candidate / "config.yaml").is_file():
             return candidate
-    raise UserError(f"normbench's configs are missing (looked in {here / 'configs'} and "
-                    f"{here.parent / 'configs'}): reinstall normbench")
+    raise UserError(
+        f"normbench's configs are missing (looked in {here / 'configs'} and "
+        f"{here.parent / 'configs'}): reinstall normbench"
+    )
 
 
 def _search_path_overrides(user_config_dir: str | os.PathLike | None) -> list[str]:
@@ -42,27 +48,38 @@ def _search_path_overrides(user_config_dir: str | os.PathLike | None) -> list[st
         return []
     path = Path(user_dir).expanduser().resolve()
     if not path.is_dir():
-        raise UserError(f"config dir {user_dir} does not exist: pass --config-dir DIR with an existing folder")
+        raise UserError(
+            f"config dir {user_dir} does not exist: pass --config-dir DIR with an existing folder"
+        )
     return [f"hydra.searchpath=[file://{path}]"]
 
 
-def compose(overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | None = None,
-            with_choices: bool = False) -> DictConfig | tuple[DictConfig, dict[str, str]]:
+def compose(
+    overrides: Iterable[str] = (),
+    user_config_dir: str | os.PathLike | None = None,
+    with_choices: bool = False,
+) -> DictConfig | tuple[DictConfig, dict[str, str]]:
     """One config from the shipped configs, an optional user config dir and Hydra overrides.
 
     With `with_choices`, also returns the option picked in each config group (e.g. {"norm": "gn"}).
     """
     cfg = compose_with_hydra(overrides, user_config_dir)
-    choices = {group: str(cfg.hydra.runtime.choices[group]) for group in GROUPS
-               if cfg.hydra.runtime.choices.get(group) is not None}
+    choices = {
+        group: str(cfg.hydra.runtime.choices[group])
+        for group in GROUPS
+        if cfg.hydra.runtime.choices.get(group) is not None
+    }
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]
     OmegaConf.set_struct(cfg, True)
     return (cfg, choices) if with_choices else cfg
 
 
-def compose_with_hydra(overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | None = None) -> DictConfig:
-    """The composed config including its `hydra` node (launcher, sweeper params of an experiment preset)."""
+def compose_with_hydra(
+    overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | None = None
+) -> DictConfig:
+    """The composed config including its `hydra` node (launcher, sweeper params of an experiment
+    preset)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -73,16 +90,22 @@ def compose_with_hydra(overrides: Iterable[str] = (), user_config_dir: str | os.
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides + _search_path_overrides(user_config_dir),
-                                 return_hydra_config=True)
+            return hydra_compose(
+                "config",
+                overrides=overrides + _search_path_overrides(user_config_dir),
+                return_hydra_config=True,
+            )
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(explain_hydra_error(error, overrides)) from error
     finally:
         GlobalHydra.instance().clear()
 
 
-def preset_sweep(overrides: Iterable[str], user_config_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """The grid an experiment preset holds in `hydra.sweeper.params` (e.g. {"norm": "bn,gn", "batch": "32,2"})."""
+def preset_sweep(
+    overrides: Iterable[str], user_config_dir: str | os.PathLike | None = None
+) -> dict[str, str]:
+    """The grid an experiment preset holds in `hydra.sweeper.params` (e.g. {"norm": "bn,gn",
+    "batch": "32,2"})."""
     params = compose_with_hydra(overrides, user_config_dir).hydra.sweeper.get("params")
     return {str(key): str(value) for key, value in (params or {}).items()}
 
@@ -94,13 +117,17 @@ def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
     if missing:
         group, option = missing.groups()
         options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
-        return f"unknown {group} {option!r}{did_you_mean(option, options)}; choose one of: " \
-               f"{', '.join(options)} (normbench list)"
+        return (
+            f"unknown {group} {option!r}{did_you_mean(option, options)}; choose one of: "
+            f"{', '.join(options)} (normbench list)"
+        )
     bad_key = re.search(r"Could not override '([^']+)'", text)
     if bad_key:
         key = bad_key.group(1)
-        return f"unknown config key {key!r}{did_you_mean(key, known_keys())}; " \
-               f"`normbench run --help` lists the keys"
+        return (
+            f"unknown config key {key!r}{did_you_mean(key, known_keys())}; "
+            f"`normbench run --help` lists the keys"
+        )
     if "Error parsing override" in text or type(error).__name__ == "OverrideParseException":
         which = re.search(r"Error parsing override '([^']*)'", text)
         bad = which.group(1) if which else " ".join(overrides)

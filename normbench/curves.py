@@ -1,9 +1,10 @@
-"""Training curves from each run's TensorBoard events (`normbench plot PATH --curves`), like the training
-curves of the GN and MABN papers: one panel per value of the column key (batch by default, ordered as in
-the table), one line per row value (norm) = mean over seeds with a light min..max band; train loss per
-logged step on top, test error per epoch below. Both use epochs on the x axis, since the number of steps
-per epoch differs between batch sizes. Runs are selected and grouped exactly as by `normbench table`
-(`load_runs` + `build_table`): only completed runs are drawn, and a sweep folder reads its own cells."""
+"""Training curves from each run's TensorBoard events (`normbench plot PATH --curves`), like the
+training curves of the GN and MABN papers: one panel per value of the column key (batch by default,
+ordered as in the table), one line per row value (norm) = mean over seeds with a light min..max
+band; train loss per logged step on top, test error per epoch below. Both use epochs on the x axis,
+since the number of steps per epoch differs between batch sizes. Runs are selected and grouped
+exactly as by `normbench table` (`load_runs` + `build_table`): only completed runs are drawn, and a
+sweep folder reads its own cells."""
 
 from __future__ import annotations
 
@@ -26,35 +27,40 @@ EVENTS_GLOB = "events.out.tfevents.*"
 
 
 def event_files(tb_dir: Path) -> list[Path]:
-    """The event files of one run folder's tb/ (add_hparams writes into the same folder, run_name=".")."""
+    """The event files of one run folder's tb/ (add_hparams writes into the same folder,
+    run_name=".")."""
     return sorted(p for p in tb_dir.glob(EVENTS_GLOB) if p.is_file()) if tb_dir.is_dir() else []
 
 
 def _read_file(file: Path) -> tuple[float, dict[str, dict[int, float]]] | None:
-    """(wall time of the file's first event, {tag: {step: value}}), or None for a file without events
-    (a writer killed before its first flush)."""
+    """(wall time of the file's first event, {tag: {step: value}}), or None for a file without
+    events (a writer killed before its first flush)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(file), size_guidance={"scalars": 0})  # 0 = keep every point, not a sample
+    # 0 = keep every point, not a sample
+    events = EventAccumulator(str(file), size_guidance={"scalars": 0})
     events.Reload()
     try:
         first = events.FirstEventTimestamp()
     except ValueError:
         return None
-    return first, {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    return first, {
+        tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
+    }
 
 
 def read_scalars(tb_dir: Path | str) -> dict[str, pd.Series]:
     """Every scalar tag of one run's tb/ as a Series indexed by step, sorted, each step once.
 
-    A resumed run has one event file per attempt, and the killed attempt may have logged steps that the
-    resumed one logs again. Each file is read on its own and the files are taken in the order they were
-    started (wall time of their first event); for every tag, a later file's points replace all earlier
-    points at or after the first step it logged for that tag. TensorBoard's own purge (directory reading +
-    the resumed writer's purge_step) is not enough here: it orders files by name, whose time field has a
-    1 s resolution; it drops steps >= purge_step, which with purge_step = epochs done * steps per epoch
-    also hides the last point logged in the last completed epoch; and it cannot apply to the epoch/*
-    tags, whose x is the epoch rather than the step (one flushed just before a kill would stay twice)."""
+    A resumed run has one event file per attempt, and the killed attempt may have logged steps that
+    the resumed one logs again. Each file is read on its own and the files are taken in the order
+    they were started (wall time of their first event); for every tag, a later file's points replace
+    all earlier points at or after the first step it logged for that tag. TensorBoard's own purge
+    (directory reading + the resumed writer's purge_step) is not enough here: it orders files by
+    name, whose time field has a 1 s resolution; it drops steps >= purge_step, which with purge_step
+    = epochs done * steps per epoch also hides the last point logged in the last completed epoch;
+    and it cannot apply to the epoch/* tags, whose x is the epoch rather than the step (one flushed
+    just before a kill would stay twice)."""
     loaded = [read for read in map(_read_file, event_files(Path(tb_dir))) if read is not None]
     merged: dict[str, dict[int, float]] = {}
     for _, scalars in sorted(loaded, key=lambda item: item[0]):
@@ -71,7 +77,8 @@ def read_scalars(tb_dir: Path | str) -> dict[str, pd.Series]:
 @dataclass
 class RunCurves:
     run: Run
-    train_loss: pd.Series  # index: epochs (step / steps per epoch), one point per log.every_steps steps
+    # index: epochs (step / steps per epoch), one point per log.every_steps steps
+    train_loss: pd.Series
     test_error: pd.Series  # index: epoch 1, 2, ...; top-1 error in %
 
 
@@ -95,17 +102,22 @@ def run_curves(run: Run) -> RunCurves | str:
 class Band:
     x: list[float]
     mean: list[float]
-    low: list[float]   # min over seeds
+    low: list[float]  # min over seeds
     high: list[float]  # max over seeds
     seeds: int
 
 
 def seed_band(series: list[pd.Series]) -> Band:
-    """Mean and min..max over seeds at the x values every seed has (seeds of one cell share a config, so
-    they log the same steps)."""
+    """Mean and min..max over seeds at the x values every seed has (seeds of one cell share a
+    config, so they log the same steps)."""
     frame = pd.concat(series, axis=1, join="inner")
-    return Band(list(frame.index), list(frame.mean(axis=1)), list(frame.min(axis=1)), list(frame.max(axis=1)),
-                frame.shape[1])
+    return Band(
+        list(frame.index),
+        list(frame.mean(axis=1)),
+        list(frame.min(axis=1)),
+        list(frame.max(axis=1)),
+        frame.shape[1],
+    )
 
 
 def _colors(n: int) -> list[Any]:
@@ -116,16 +128,17 @@ def _colors(n: int) -> list[Any]:
 
 
 def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
-    """Two rows of panels (train loss, test error) x one column per table column; the lines of a panel
-    are the table's rows (same colour in every panel), drawn from the cell's completed runs that have
-    curves (`curves`, keyed by record path). Rows share y so that panels compare at a glance."""
+    """Two rows of panels (train loss, test error) x one column per table column; the lines of a
+    panel are the table's rows (same colour in every panel), drawn from the cell's completed runs
+    that have curves (`curves`, keyed by record path). Rows share y so that panels compare at a
+    glance."""
     ncols = len(table.cols)
     fig = Figure(figsize=(0.8 + 3.0 * ncols, 6.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, ncols, sharex=True, sharey="row", squeeze=False)
     colors = dict(zip(table.rows, _colors(len(table.rows))))
-    # the first row (bn, the baseline, when rows are norms) is drawn wider and underneath, so that a line
-    # on top of it (e.g. BRN, which starts as BN) leaves it visible
+    # the first row (bn, the baseline, when rows are norms) is drawn wider and underneath, so that a
+    # line on top of it (e.g. BRN, which starts as BN) leaves it visible
     widths = {row: 2.6 if i == 0 else 1.3 for i, row in enumerate(table.rows)}
     drawn: list[Any] = []
     seed_counts: set[int] = set()
@@ -138,41 +151,75 @@ def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
                 continue
             if row not in drawn:
                 drawn.append(row)
-            for ax, band, marker in ((top, seed_band([m.train_loss for m in members]), None),
-                                     (bottom, seed_band([m.test_error for m in members]), "o")):
-                ax.plot(band.x, band.mean, color=colors[row], marker=marker, markersize=3, linewidth=widths[row],
-                        zorder=1.9 if widths[row] > 2 else 2, label=str(row))
+            for ax, band, marker in (
+                (top, seed_band([m.train_loss for m in members]), None),
+                (bottom, seed_band([m.test_error for m in members]), "o"),
+            ):
+                ax.plot(
+                    band.x,
+                    band.mean,
+                    color=colors[row],
+                    marker=marker,
+                    markersize=3,
+                    linewidth=widths[row],
+                    zorder=1.9 if widths[row] > 2 else 2,
+                    label=str(row),
+                )
                 if band.seeds > 1:
-                    ax.fill_between(band.x, band.low, band.high, color=colors[row], alpha=0.18, linewidth=0)
+                    ax.fill_between(
+                        band.x, band.low, band.high, color=colors[row], alpha=0.18, linewidth=0
+                    )
                 seed_counts.add(band.seeds)
         if not top.lines:
-            top.text(0.5, 0.5, "no curves", transform=top.transAxes, ha="center", va="center", color="gray")
+            top.text(
+                0.5,
+                0.5,
+                "no curves",
+                transform=top.transAxes,
+                ha="center",
+                va="center",
+                color="gray",
+            )
         bottom.set_xlabel("epoch")
         for ax in (top, bottom):
             ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("train loss")
     axes[1][0].set_ylabel(METRICS["test_error"][0])
     handles = [Line2D([], [], color=colors[row], linewidth=widths[row]) for row in drawn]
-    fig.legend(handles, [str(row) for row in drawn], title=table.rows_key, loc="outside right upper")
-    seeds = (f"{min(seed_counts)}–{max(seed_counts)}" if len(seed_counts) > 1 else str(min(seed_counts, default=0)))
-    fig.suptitle(f"train loss (per logged step) and test error (per epoch) vs epoch; "
-                 f"line = mean over {seeds} seed(s), band = min..max")
+    fig.legend(
+        handles, [str(row) for row in drawn], title=table.rows_key, loc="outside right upper"
+    )
+    seeds = (
+        f"{min(seed_counts)}–{max(seed_counts)}"
+        if len(seed_counts) > 1
+        else str(min(seed_counts, default=0))
+    )
+    fig.suptitle(
+        f"train loss (per logged step) and test error (per epoch) vs epoch; "
+        f"line = mean over {seeds} seed(s), band = min..max"
+    )
     return fig
 
 
 def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> Figure:
-    """The figure of the completed runs under PATH, grouped as by `normbench table PATH --rows --cols`.
-    Runs without curves are skipped with one warning line naming them; none with curves -> UserError."""
+    """The figure of the completed runs under PATH, grouped as by `normbench table PATH --rows
+    --cols`. Runs without curves are skipped with one warning line naming them; none with curves ->
+    UserError."""
     runs = load_runs(path)
     table = build_table(path, "test_error", rows, cols, runs=runs)
     sources = [source for cell in table.cells.values() for source in cell.sources]
     if not sources:
-        raise UserError(f"no completed run under {path} to draw curves of; finish the runs (rerun "
-                        f"`normbench run`/`sweep` to resume them) or point at another folder")
+        raise UserError(
+            f"no completed run under {path} to draw curves of; finish the runs (rerun "
+            f"`normbench run`/`sweep` to resume them) or point at another folder"
+        )
     left_out = sum(c.diverged + c.failed + c.pending for c in table.cells.values())
     if left_out:
-        warn(f"curves leave out {left_out} run(s) that did not complete (diverged, failed or unfinished), "
-             f"as the table does")
+        warn(
+            f"curves leave out {left_out} run(s) that did not complete (diverged, failed or "
+            "unfinished), "
+            f"as the table does"
+        )
     by_path = {run.path: run for run in runs}
     curves: dict[Path, RunCurves] = {}
     skipped = []
@@ -183,14 +230,22 @@ def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> 
         else:
             curves[source] = result
     if not curves:
-        raise UserError(f"none of the {len(sources)} completed run(s) under {path} has TensorBoard curves "
-                        f"(tb/ with {TRAIN_LOSS} and {TEST_ERROR}); rerun them with `normbench run ... --force` "
-                        f"to write tb/ again")
+        raise UserError(
+            f"none of the {len(sources)} completed run(s) under {path} has "
+            "TensorBoard curves "
+            f"(tb/ with {TRAIN_LOSS} and {TEST_ERROR}); rerun them with "
+            "`normbench run ... --force` "
+            f"to write tb/ again"
+        )
     if skipped:
         warn(f"skipping {len(skipped)} run(s) without curves: {'; '.join(skipped)}")
     return make_curves_figure(table, curves)
 
 
-def plot_curves(path: Path | str, out: Path | str | None = None, rows: str = "norm", cols: str = "batch") -> Path:
+def plot_curves(
+    path: Path | str, out: Path | str | None = None, rows: str = "norm", cols: str = "batch"
+) -> Path:
     """Write the curves figure of PATH (default PATH/curves.png)."""
-    return save_png(curves_figure(path, rows, cols), Path(out) if out is not None else Path(path) / DEFAULT_NAME)
+    return save_png(
+        curves_figure(path, rows, cols), Path(out) if out is not None else Path(path) / DEFAULT_NAME
+    )

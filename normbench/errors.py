@@ -2,4 +2,5 @@
 
 
 class UserError(Exception):
-    """A problem the user can fix (bad override, unknown name, missing data); the message names the fix."""
+    """A problem the user can fix (bad override, unknown name, missing data); the message names the
+    fix."""

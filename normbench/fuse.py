@@ -1,5 +1,5 @@
-"""Folding eval-mode norms into the preceding conv / linear layer ("at test time BN is linear and fuses
-into the conv"): for y = a * (W x + c) + b, use W' = a W and c' = a c + b."""
+"""Folding eval-mode norms into the preceding conv / linear layer ("at test time BN is linear and
+fuses into the conv"): for y = a * (W x + c) + b, use W' = a W and c' = a c + b."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ from .norms._common import running_stats_affine
 
 
 def eval_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(scale, shift) per channel such that norm(x) == scale * x + shift in eval mode, or None when the
-    norm does not become affine at eval (it uses per-sample statistics: LN, IN, GN, FRN, ...).
+    """(scale, shift) per channel such that norm(x) == scale * x + shift in eval mode, or None when
+    the norm does not become affine at eval (it uses per-sample statistics: LN, IN, GN, FRN, ...).
 
-    torch's BatchNorm classes (BN, SyncBN) use running statistics; our norms that become affine at eval
-    (MABN, BRN, GBN) say so with an `eval_affine()` method."""
+    torch's BatchNorm classes (BN, SyncBN) use running statistics; our norms that become affine at
+    eval (MABN, BRN, GBN) say so with an `eval_affine()` method."""
     if hasattr(norm, "eval_affine"):
         return norm.eval_affine()
     if isinstance(norm, _BatchNorm) and norm.track_running_stats and norm.running_var is not None:
-        return running_stats_affine(norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps)
+        return running_stats_affine(
+            norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+        )
     return None
 
 
@@ -34,12 +36,24 @@ def _layer_weight(layer: nn.Module) -> torch.Tensor:
 def fold_layer(layer: nn.Conv2d | nn.Linear, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
     """A plain nn.Conv2d / nn.Linear computing scale * layer(x) + shift (folded in float64)."""
     weight = _layer_weight(layer).double()
-    bias = layer.bias.double() if layer.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64,
-                                                                          device=weight.device)
+    bias = (
+        layer.bias.double()
+        if layer.bias is not None
+        else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+    )
     view = (-1,) + (1,) * (weight.dim() - 1)
     if isinstance(layer, nn.Conv2d):
-        folded = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                           layer.dilation, layer.groups, bias=True, padding_mode=layer.padding_mode)
+        folded = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            bias=True,
+            padding_mode=layer.padding_mode,
+        )
     else:
         folded = nn.Linear(layer.in_features, layer.out_features, bias=True)
     folded = folded.to(device=weight.device, dtype=layer.weight.dtype)
@@ -57,9 +71,9 @@ class _ChildlessLeafTracer(fx.Tracer):
 
 
 def fold_norms(model: nn.Module) -> tuple[fx.GraphModule, int]:
-    """An eval-mode copy of `model` with every foldable norm merged into the conv/linear that feeds it
-    (only where that layer's output goes nowhere else). Returns the folded model and how many were folded.
-    The original model is not changed."""
+    """An eval-mode copy of `model` with every foldable norm merged into the conv/linear that feeds
+    it (only where that layer's output goes nowhere else). Returns the folded model and how many
+    were folded. The original model is not changed."""
     model = copy.deepcopy(model).eval()
     graph = _ChildlessLeafTracer().trace(model)
     folded_model = fx.GraphModule(model, graph)
@@ -70,7 +84,12 @@ def fold_norms(model: nn.Module) -> tuple[fx.GraphModule, int]:
             continue
         affine = eval_affine(modules[node.target])
         source = node.args[0] if node.args else None
-        if affine is None or not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
+        if (
+            affine is None
+            or not isinstance(source, fx.Node)
+            or source.op != "call_module"
+            or len(source.users) != 1
+        ):
             continue
         layer = modules[source.target]
         if type(layer) not in (nn.Linear,) and not isinstance(layer, nn.Conv2d):

@@ -1,5 +1,5 @@
-"""Error vs batch size, like Figure 1 of the GroupNorm paper: one line per norm, log2 x axis, error bars =
-sample std over seeds. Drawn with matplotlib's Agg canvas (no display needed)."""
+"""Error vs batch size, like Figure 1 of the GroupNorm paper: one line per norm, log2 x axis, error
+bars = sample std over seeds. Drawn with matplotlib's Agg canvas (no display needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ DEFAULT_NAME = "error_vs_batch.png"
 
 
 def make_figure(table: Table) -> Figure:
-    """The figure for a table (rows = lines, columns = x). Cells without a completed run are left out."""
+    """The figure for a table (rows = lines, columns = x). Cells without a completed run are left
+    out."""
     xs_all = table.cols
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in xs_all):
         raise UserError(f"plot needs a positive numeric swept key; {table.cols_key} has {xs_all}")
@@ -23,7 +24,9 @@ def make_figure(table: Table) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for row in table.rows:
-        points = sorted((x, table.cell(row, x)) for x in xs_all if table.cell(row, x).mean is not None)
+        points = sorted(
+            (x, table.cell(row, x)) for x in xs_all if table.cell(row, x).mean is not None
+        )
         if not points:
             continue
         xs = [x for x, _ in points]
@@ -36,8 +39,11 @@ def make_figure(table: Table) -> Figure:
     ax.set_xticklabels([str(t) for t in ticks])
     ax.minorticks_off()
     if table.cols_key == "batch":
-        ax.invert_xaxis()  # large batch on the left, shrinking to the right, as in the GN paper's Figure 1
-    ax.set_xlabel(f"{table.cols_key} (images per device)" if table.cols_key == "batch" else table.cols_key)
+        # large batch on the left, shrinking to the right, as in the GN paper's Figure 1
+        ax.invert_xaxis()
+    ax.set_xlabel(
+        f"{table.cols_key} (images per device)" if table.cols_key == "batch" else table.cols_key
+    )
     ax.set_ylabel(METRICS[table.metric][0])
     ax.set_title(f"{METRICS[table.metric][0]} vs {table.cols_key} (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
@@ -47,8 +53,13 @@ def make_figure(table: Table) -> Figure:
     return fig
 
 
-def plot(path: Path | str, out: Path | str | None = None, metric: str = "test_error", rows: str = "norm",
-         cols: str = "batch") -> Path:
+def plot(
+    path: Path | str,
+    out: Path | str | None = None,
+    metric: str = "test_error",
+    rows: str = "norm",
+    cols: str = "batch",
+) -> Path:
     """Build the table under PATH and write the figure (default PATH/error_vs_batch.png)."""
     table = build_table(path, metric, rows, cols)
     return save_png(make_figure(table), Path(out) if out is not None else Path(path) / DEFAULT_NAME)

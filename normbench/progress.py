@@ -17,8 +17,14 @@ class RunProgress:
         self.epochs = epochs
         self._bar: Progress | None = None
         if mode == "bar":
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console)
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
             self._task = self._bar.add_task("", total=steps_per_epoch, status="")
             self._bar.start()
 

@@ -1,8 +1,9 @@
 """Run records -> paper-style tables (Markdown, LaTeX, CSV), like Table 2 of the GroupNorm paper.
 
-Every number comes from a `record.json` found (recursively) under the folder given. Completed runs are
-averaged over seeds; diverged runs are counted and shown as such; running/failed/interrupted runs are
-never averaged (listed under the table). Unreadable records are skipped with a warning on stderr.
+Every number comes from a `record.json` found (recursively) under the folder given. Completed runs
+are averaged over seeds; diverged runs are counted and shown as such; running/failed/interrupted
+runs are never averaged (listed under the table). Unreadable records are skipped with a warning on
+stderr.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import io
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from .config import changes_results, flatten
 from .errors import UserError
 
-RECORD = "record.json"  # same name as normbench.runs.RECORD (not imported: that module pulls in torch)
+# same name as normbench.runs.RECORD (not imported: that module pulls in torch)
+RECORD = "record.json"
 METRICS = {  # metric -> (label with units, digits shown); lower is better for all of them
     "test_error": ("top-1 test error (%)", 2),
     "best_test_error": ("best top-1 test error (%)", 2),
@@ -87,8 +90,9 @@ class Table:
         return min(means) if means else None
 
     def deltas(self) -> list[tuple[Any, list[float | None]]]:
-        """One "Δ vs BN" row per non-BN norm (row mean minus the bn row's mean, per column), like the
-        "GN−BN" row of the GN paper's Table 2; empty unless rows are norms and a bn row exists."""
+        """One "Δ vs BN" row per non-BN norm (row mean minus the bn row's mean, per column), like
+        the "GN−BN" row of the GN paper's Table 2; empty unless rows are norms and a bn row
+        exists."""
         if self.rows_key != "norm" or BASELINE not in self.rows:
             return []
         out = []
@@ -109,7 +113,8 @@ class Table:
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:
-    """`batch`, `norm.groups`, or a group name (`norm` -> `norm.name`); None when the record lacks it."""
+    """`batch`, `norm.groups`, or a group name (`norm` -> `norm.name`); None when the record lacks
+    it."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -125,14 +130,16 @@ def warn(message: str) -> None:
 
 
 def _cell_record(sweep_dir: Path, cell: dict) -> Path:
-    """A sweep cell's record: in the runs folder beside the sweep (<out>/sweeps/<name> -> <out>/runs/<key>), so
-    that an out folder moved or copied elsewhere (e.g. committed results) still reads; else where it was run."""
+    """A sweep cell's record: in the runs folder beside the sweep (<out>/sweeps/<name> ->
+    <out>/runs/<key>), so that an out folder moved or copied elsewhere (e.g. committed results)
+    still reads; else where it was run."""
     beside = sweep_dir.parent.parent / "runs" / str(cell["run_key"]) / RECORD
     return beside if beside.is_file() else Path(cell["run_dir"]) / RECORD
 
 
 def _record_files(root: Path) -> list[Path]:
-    """A sweep folder (with sweep.yaml) names its cells' run dirs; any other folder is searched recursively."""
+    """A sweep folder (with sweep.yaml) names its cells' run dirs; any other folder is searched
+    recursively."""
     sweep_file = root / "sweep.yaml"
     if root.is_dir() and sweep_file.is_file():
         import yaml
@@ -141,32 +148,47 @@ def _record_files(root: Path) -> list[Path]:
             cells = yaml.safe_load(sweep_file.read_text()).get("cells", [])
             return [_cell_record(root, cell) for cell in cells]
         except (OSError, ValueError, AttributeError, KeyError, TypeError, yaml.YAMLError) as error:
-            raise UserError(f"{sweep_file} is unreadable ({type(error).__name__}); point at the sweep's "
-                            f"out folder instead (e.g. <out>/runs)") from None
+            raise UserError(
+                f"{sweep_file} is unreadable ({type(error).__name__}); point at the "
+                "sweep's "
+                f"out folder instead (e.g. <out>/runs)"
+            ) from None
     return [root] if root.is_file() and root.name == RECORD else sorted(root.rglob(RECORD))
 
 
 def load_runs(path: Path | str) -> list[Run]:
-    """Every readable record.json under PATH (searched recursively), or of the cells a sweep folder's
-    sweep.yaml lists; unreadable ones are skipped with one warning line each. No records at all -> UserError."""
+    """Every readable record.json under PATH (searched recursively), or of the cells a sweep
+    folder's sweep.yaml lists; unreadable ones are skipped with one warning line each. No records at
+    all -> UserError."""
     root = Path(path)
     if not root.exists():
-        raise UserError(f"{root} does not exist; give a sweep folder or any folder containing run dirs")
+        raise UserError(
+            f"{root} does not exist; give a sweep folder or any folder containing run dirs"
+        )
     files = _record_files(root)
     runs = []
     for file in files:
         try:
             record = json.loads(file.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as error:  # missing, truncated or not JSON
-            warn(f"skipping unreadable {file}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            warn(
+                f"skipping unreadable {file}: {type(error).__name__}: "
+                f"{str(error).splitlines()[0][:120]}"
+            )
             continue
-        if not isinstance(record, dict) or "status" not in record or not isinstance(record.get("config"), dict):
+        if (
+            not isinstance(record, dict)
+            or "status" not in record
+            or not isinstance(record.get("config"), dict)
+        ):
             warn(f"skipping {file}: not a run record (no status or config)")
             continue
         runs.append(Run(file, record))
     if not runs:
-        raise UserError(f"no readable run records ({RECORD}) under {root}; run `normbench run` or "
-                        f"`normbench sweep` first, or point at their out folder")
+        raise UserError(
+            f"no readable run records ({RECORD}) under {root}; run `normbench run` or "
+            f"`normbench sweep` first, or point at their out folder"
+        )
     return runs
 
 
@@ -180,7 +202,9 @@ def _metric_of(run: Run, metric: str) -> float | None:
 
 
 def _order(values: set[Any], key: str) -> list[Any]:
-    """bn first for norms; batch descending like the GN paper (32 16 8 4 2); other keys ascending."""
+    """bn first for norms; batch descending like the GN paper (32 16 8 4 2); other keys
+    ascending."""
+
     def sort_key(v: Any) -> tuple:
         return (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))
 
@@ -194,32 +218,44 @@ def _order(values: set[Any], key: str) -> list[Any]:
 
 
 def _identity(run: Run) -> dict[str, Any]:
-    """The settings that change results, less the seed: runs in one cell must agree on all of them."""
+    """The settings that change results, less the seed: runs in one cell must agree on all of
+    them."""
     flat = flatten(run.record.get("config") or {})
     return {k: v for k, v in flat.items() if changes_results(k) and k != "seed"}
 
 
 def _check_cell(runs: list[Run], where: str) -> None:
-    """A cell averages seeds of one config: other differing settings, or the same seed twice, would make
-    its number silently wrong, so they are errors that name the runs."""
+    """A cell averages seeds of one config: other differing settings, or the same seed twice, would
+    make its number silently wrong, so they are errors that name the runs."""
     first = _identity(runs[0])
     seeds: dict[Any, Path] = {}
     for run in runs:
         ident = _identity(run)
         differ = sorted(k for k in set(first) | set(ident) if first.get(k) != ident.get(k))
         if differ:
-            raise UserError(f"cell {where} mixes runs that differ in {', '.join(differ[:5])} "
-                            f"({runs[0].path.parent} vs {run.path.parent}); point table at one sweep's folder "
-                            f"or choose --rows/--cols")
+            raise UserError(
+                f"cell {where} mixes runs that differ in {', '.join(differ[:5])} "
+                f"({runs[0].path.parent} vs {run.path.parent}); point table "
+                "at one sweep's folder "
+                f"or choose --rows/--cols"
+            )
         seed = run.get("seed")
         if seed in seeds:
-            raise UserError(f"cell {where} has seed {seed} twice ({seeds[seed].parent} and {run.path.parent}); "
-                            f"point table at one sweep's folder")
+            raise UserError(
+                f"cell {where} has seed {seed} twice ({seeds[seed].parent} and "
+                f"{run.path.parent}); "
+                f"point table at one sweep's folder"
+            )
         seeds[seed] = run.path
 
 
-def build_table(path: Path | str, metric: str = "test_error", rows: str = "norm", cols: str = "batch",
-                runs: list[Run] | None = None) -> Table:
+def build_table(
+    path: Path | str,
+    metric: str = "test_error",
+    rows: str = "norm",
+    cols: str = "batch",
+    runs: list[Run] | None = None,
+) -> Table:
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
     if rows == cols:
@@ -234,8 +270,10 @@ def build_table(path: Path | str, metric: str = "test_error", rows: str = "norm"
             continue
         groups.setdefault((r, c), []).append(run)
     if not groups:
-        raise UserError(f"no run under {path} has both {rows!r} and {cols!r} in its config; "
-                        f"--rows/--cols take config keys such as norm, batch, accum, norm.groups")
+        raise UserError(
+            f"no run under {path} has both {rows!r} and {cols!r} in its config; "
+            f"--rows/--cols take config keys such as norm, batch, accum, norm.groups"
+        )
     cells: dict[tuple[Any, Any], Cell] = {}
     not_counted: list[tuple[Path, str]] = []
     cost_runs: dict[Any, list[Run]] = {}
@@ -248,7 +286,8 @@ def build_table(path: Path | str, metric: str = "test_error", rows: str = "norm"
                 cell.values.append(value)
                 cell.sources.append(run.path)
                 cost_runs.setdefault(r, []).append(run)
-            elif run.status == "diverged" or run.status == "completed":  # completed with a NaN metric: diverged
+            # completed with a NaN metric: diverged
+            elif run.status == "diverged" or run.status == "completed":
                 cell.diverged += 1
             elif run.status == "failed":
                 cell.failed += 1
@@ -260,26 +299,48 @@ def build_table(path: Path | str, metric: str = "test_error", rows: str = "norm"
     cost = {}
     for r in row_values:
         timing = [run.record.get("timing") or {} for run in cost_runs.get(r, [])]
-        ips = [float(t["images_per_second"]) for t in timing if isinstance(t.get("images_per_second"), (int, float))]
-        mem = [float(t["peak_memory_mb"]) for t in timing if isinstance(t.get("peak_memory_mb"), (int, float))]
+        ips = [
+            float(t["images_per_second"])
+            for t in timing
+            if isinstance(t.get("images_per_second"), (int, float))
+        ]
+        mem = [
+            float(t["peak_memory_mb"])
+            for t in timing
+            if isinstance(t.get("peak_memory_mb"), (int, float))
+        ]
         cost[r] = (sum(ips) / len(ips) if ips else None, max(mem) if mem else None)
-    return Table(rows, cols, metric, row_values, _order({c for _, c in groups}, cols), cells, cost,
-                 sorted(not_counted), len(runs))
+    return Table(
+        rows,
+        cols,
+        metric,
+        row_values,
+        _order({c for _, c in groups}, cols),
+        cells,
+        cost,
+        sorted(not_counted),
+        len(runs),
+    )
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def _num(value: float, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
 def cell_text(table: Table, cell: Cell, pm: str = "±", dagger: str = "†") -> str:
-    """"24.10 ± 0.30", "24.10" (one seed), "24.10 ± 0.30 (n=2)" (uneven seeds), "23.40† (1 div)",
+    """ "24.10 ± 0.30", "24.10" (one seed), "24.10 ± 0.30 (n=2)" (uneven seeds), "23.40† (1 div)",
     "div" (all diverged), "failed", "–" (nothing usable)."""
     digits = METRICS[table.metric][1]
     if cell.n == 0:
         if cell.diverged:
-            others = [f"{k} {what}" for k, what in ((cell.failed, "failed"), (cell.pending, "unfinished")) if k]
+            others = [
+                f"{k} {what}"
+                for k, what in ((cell.failed, "failed"), (cell.pending, "unfinished"))
+                if k
+            ]
             return DIVERGED + (f" ({', '.join(others)})" if others else "")
         return FAILED if cell.failed else MISSING
     text = _num(cell.mean, digits)
@@ -303,8 +364,15 @@ def _delta_text(value: float | None, digits: int) -> str:
     return MISSING if value is None else f"{value:+.{digits}f}"
 
 
-def _grid(table: Table, cost: bool, bold: Callable[[str], str], pm: str, dagger: str, delta: str,
-          missing: str) -> tuple[list[str], list[list[str]], list[list[str]]]:
+def _grid(
+    table: Table,
+    cost: bool,
+    bold: Callable[[str], str],
+    pm: str,
+    dagger: str,
+    delta: str,
+    missing: str,
+) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """(header, body rows, Δ rows) as text cells, shared by Markdown and LaTeX."""
     digits = METRICS[table.metric][1]
     header = [f"{table.rows_key} \\ {table.cols_key}", *map(str, table.cols)]
@@ -321,11 +389,17 @@ def _grid(table: Table, cost: bool, bold: Callable[[str], str], pm: str, dagger:
             line.append(text)
         if cost:
             ips, mem = table.cost[row]
-            line += [missing if ips is None else f"{ips:.0f}", missing if mem is None else f"{mem:.0f}"]
+            line += [
+                missing if ips is None else f"{ips:.0f}",
+                missing if mem is None else f"{mem:.0f}",
+            ]
         body.append(line)
     deltas = []
     for row, diffs in table.deltas():
-        line = [f"{delta} {row}−{BASELINE}", *(_delta_text(d, digits).replace(MISSING, missing) for d in diffs)]
+        line = [
+            f"{delta} {row}−{BASELINE}",
+            *(_delta_text(d, digits).replace(MISSING, missing) for d in diffs),
+        ]
         deltas.append(line + ([""] * 2 if cost else []))
     return header, body, deltas
 
@@ -341,8 +415,11 @@ def _notes(table: Table) -> list[str]:
 
 def caption(table: Table) -> str:
     label = METRICS[table.metric][0]
-    return (f"{label}, mean ± sample std over seeds, {table.n_runs} run records; best per column in bold; "
-            f"rows {table.rows_key}, columns {table.cols_key}")
+    return (
+        f"{label}, mean ± sample std over seeds, {table.n_runs} run records; best per column "
+        "in bold; "
+        f"rows {table.rows_key}, columns {table.cols_key}"
+    )
 
 
 def to_markdown(table: Table, cost: bool = False) -> str:
@@ -354,23 +431,36 @@ def to_markdown(table: Table, cost: bool = False) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+    ):
         text = text.replace(a, b)
     return text
 
 
 def to_latex(table: Table, cost: bool = False) -> str:
-    header, body, deltas = _grid(table, cost, lambda t: f"\\textbf{{{t}}}", "$\\pm$", "$^\\dagger$",
-                                 "$\\Delta$", "--")
+    header, body, deltas = _grid(
+        table, cost, lambda t: f"\\textbf{{{t}}}", "$\\pm$", "$^\\dagger$", "$\\Delta$", "--"
+    )
     header = [_latex_escape(table.rows_key)] + [_latex_escape(h) for h in header[1:]]
 
     def row_tex(line: list[str], first_escaped: bool = False) -> str:
         cells = [c if first_escaped else _latex_escape(c) for c in line[:1]] + line[1:]
         return " & ".join(cells).replace("−", "$-$") + r" \\"
 
-    lines = [f"% {caption(table)}", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-             f"{_latex_escape(table.rows_key)} $\\backslash$ {_latex_escape(table.cols_key)} & "
-             + " & ".join(header[1:]) + r" \\", r"\midrule"]
+    lines = [
+        f"% {caption(table)}",
+        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+        r"\toprule",
+        f"{_latex_escape(table.rows_key)} $\\backslash$ {_latex_escape(table.cols_key)} & "
+        + " & ".join(header[1:])
+        + r" \\",
+        r"\midrule",
+    ]
     lines += [row_tex(line) for line in body]
     if deltas:
         lines.append(r"\midrule")
@@ -381,8 +471,8 @@ def to_latex(table: Table, cost: bool = False) -> str:
 
 
 def to_csv(table: Table, cost: bool = False) -> str:
-    """Raw numbers: per column value `<cols>=<v> mean`, `std`, `n`, `div`; empty where there is none.
-    No Δ row (it is a difference of the means already here)."""
+    """Raw numbers: per column value `<cols>=<v> mean`, `std`, `n`, `div`; empty where there is
+    none. No Δ row (it is a difference of the means already here)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = [table.rows_key]
@@ -395,8 +485,12 @@ def to_csv(table: Table, cost: bool = False) -> str:
         line: list[Any] = [row]
         for col in table.cols:
             cell = table.cell(row, col)
-            line += [repr(cell.mean) if cell.mean is not None else "", repr(cell.std) if cell.std is not None else "",
-                     cell.n, cell.diverged]
+            line += [
+                repr(cell.mean) if cell.mean is not None else "",
+                repr(cell.std) if cell.std is not None else "",
+                cell.n,
+                cell.diverged,
+            ]
         if cost:
             line += [repr(v) if v is not None else "" for v in table.cost[row]]
         writer.writerow(line)
@@ -411,11 +505,12 @@ def render(table: Table, fmt: str = "md", cost: bool = False) -> str:
 
 def write_text(path: Path | str, text: str) -> Path:
     """Write an output file; an unwritable place is a UserError naming it."""
-    from .runs import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     path = Path(path)
     try:
-        atomic_write_bytes(path, text.encode())  # a kill mid-write leaves the old file or the new, never half
+        # a kill mid-write leaves the old file or the new, never half
+        atomic_write_bytes(path, text.encode())
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     return path

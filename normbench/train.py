@@ -1,14 +1,16 @@
-"""The training step, read top to bottom: micro-batches from a batch source (slices of a permutation of
-device tensors, or a DataLoader), `accum` micro-batches per SGD step (each its own forward, so a
-batch-dependent norm sees `batch` images, like one of `accum` devices), loss and accuracy summed on the
-device and read only every `log_every` steps."""
+"""The training step, read top to bottom: micro-batches from a batch source (slices of a permutation
+of device tensors, or a DataLoader), `accum` micro-batches per SGD step (each its own forward, so a
+batch-dependent norm sees `batch` images, like one of `accum` devices), loss and accuracy summed on
+the device and read only every `log_every` steps."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,35 +21,46 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets) on the model's de
 
 @dataclass
 class EpochStats:
-    loss: float        # mean cross-entropy over the images trained on (train mode)
-    acc: float         # fraction of those images classified right (train mode)
+    loss: float  # mean cross-entropy over the images trained on (train mode)
+    acc: float  # fraction of those images classified right (train mode)
     images: int
-    steps: int         # optimizer steps taken
-    finite: bool       # False: the loss went NaN/Inf and the epoch stopped at `steps`
+    steps: int  # optimizer steps taken
+    finite: bool  # False: the loss went NaN/Inf and the epoch stopped at `steps`
 
 
-# Called every `log_every` optimizer steps with (steps done this epoch, mean loss and accuracy since the
-# previous call, current lr); the values are host floats read with one device sync.
+# Called every `log_every` optimizer steps with (steps done this epoch, mean loss and accuracy since
+# the previous call, current lr); the values are host floats read with one device sync.
 IntervalHook = Callable[[int, float, float, float], None]
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float], first_step: int,
-                batches: Iterable[Batch], steps: int, accum: int, log_every: int = 50,
-                on_interval: IntervalHook | None = None, on_step: Callable[[], None] | None = None,
-                average: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                autocast: Callable[[], ContextManager[Any]] = nullcontext) -> EpochStats:
-    """`steps` SGD steps of `accum` micro-batches each, taken from `batches` (which must yield at least
-    steps * accum, e.g. `data.train_batches(batch, steps * accum, generator)`). `lr_at(first_step + step)`
-    sets the lr of each step. Micro-batches are on the model's device already. `average` (data-parallel runs,
-    normbench.distributed.averager) gives the mean over processes of the loss/accuracy sums at each read, so
-    the logged values cover every process and all of them see the same finite flag. `autocast` gives the
-    context of each forward and loss (normbench.fastpath: bf16 autocast with amp=true); backward runs outside."""
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_at: Callable[[int], float],
+    first_step: int,
+    batches: Iterable[Batch],
+    steps: int,
+    accum: int,
+    log_every: int = 50,
+    on_interval: IntervalHook | None = None,
+    on_step: Callable[[], None] | None = None,
+    average: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    autocast: Callable[[], ContextManager[Any]] = nullcontext,
+) -> EpochStats:
+    """`steps` SGD steps of `accum` micro-batches each, taken from `batches` (which must yield at
+    least steps * accum, e.g. `data.train_batches(batch, steps * accum, generator)`).
+    `lr_at(first_step + step)` sets the lr of each step. Micro-batches are on the model's device
+    already. `average` (data-parallel runs, normbench.distributed.averager) gives the mean over
+    processes of the loss/accuracy sums at each read, so the logged values cover every process and
+    all of them see the same finite flag. `autocast` gives the context of each forward and loss
+    (normbench.fastpath: bf16 autocast with amp=true); backward runs outside."""
     model.train()
     device = next(model.parameters()).device
     micro_batches = iter(batches)
-    loss_sum = torch.zeros((), device=device)                      # sum of micro-batch mean losses
+    loss_sum = torch.zeros((), device=device)  # sum of micro-batch mean losses
     correct = torch.zeros((), dtype=torch.long, device=device)
-    images = 0                                                      # host count: shapes need no sync
+    # host count: shapes need no sync
+    images = 0
     seen_loss, seen_correct, seen_micro, seen_images = 0.0, 0, 0, 0  # host copies at the last read
     for step in range(steps):
         lr = lr_at(first_step + step)
@@ -58,7 +71,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Calla
             with autocast():
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, targets)
-            (loss / accum if accum > 1 else loss).backward()        # gradient of the SGD batch's mean loss
+            # gradient of the SGD batch's mean loss
+            (loss / accum if accum > 1 else loss).backward()
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(dim=1) == targets).sum()
             images += targets.shape[0]
@@ -69,26 +83,44 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Calla
         done = step + 1
         if done % log_every == 0 or done == steps:
             if average is None:
-                total_loss, total_correct = loss_sum.item(), int(correct.item())  # the only host sync of a step
-            else:  # equal counts in every process: mean over processes of the sums / our counts = mean over all
-                total_loss, total_correct = average(torch.stack([loss_sum, correct.to(loss_sum.dtype)])).tolist()
+                # the only host sync of a step
+                total_loss, total_correct = loss_sum.item(), int(correct.item())
+            # equal counts in every process: mean over processes of the sums / our counts = mean
+            # over all
+            else:
+                total_loss, total_correct = average(
+                    torch.stack([loss_sum, correct.to(loss_sum.dtype)])
+                ).tolist()
             micro = done * accum
             if not math.isfinite(total_loss):
                 return EpochStats(total_loss, total_correct / images, images, done, False)
             if on_interval is not None:
-                on_interval(done, (total_loss - seen_loss) / (micro - seen_micro),
-                            (total_correct - seen_correct) / (images - seen_images), lr)
-            seen_loss, seen_correct, seen_micro, seen_images = total_loss, total_correct, micro, images
+                on_interval(
+                    done,
+                    (total_loss - seen_loss) / (micro - seen_micro),
+                    (total_correct - seen_correct) / (images - seen_images),
+                    lr,
+                )
+            seen_loss, seen_correct, seen_micro, seen_images = (
+                total_loss,
+                total_correct,
+                micro,
+                images,
+            )
     if steps == 0:
         return EpochStats(float("nan"), 0.0, 0, 0, True)
     return EpochStats(seen_loss / (steps * accum), seen_correct / images, images, steps, True)
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[Batch],
-             autocast: Callable[[], ContextManager[Any]] = nullcontext) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over every image of `batches` (e.g. `data.test_batches(eval_batch)`)
-    in eval mode; how the set is chunked does not change the results."""
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    autocast: Callable[[], ContextManager[Any]] = nullcontext,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over every image of `batches` (e.g.
+    `data.test_batches(eval_batch)`) in eval mode; how the set is chunked does not change the
+    results."""
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)

@@ -1,4 +1,5 @@
-"""Shared fixtures: compose configs with Hydra's compose API, run the CLI in-process, tiny synthetic runs."""
+"""Shared fixtures: compose configs with Hydra's compose API, run the CLI in-process, tiny synthetic
+runs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ from normbench import cli
 from normbench.config import compose
 
 # Small enough that a LeNet run takes about a second on 2 CPU cores.
-TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "epochs=2", "batch=16", "lr=1.6",
-        "log.progress=none"]  # lr 1.6 at reference batch 256 = 0.1 at batch 16
+TINY = [
+    "data=synthetic",
+    "data.train_size=128",
+    "data.test_size=64",
+    "epochs=2",
+    "batch=16",
+    "lr=1.6",
+    "log.progress=none",
+]  # lr 1.6 at reference batch 256 = 0.1 at batch 16
 
 
 @pytest.fixture
@@ -35,7 +43,8 @@ class CliResult:
 
 @pytest.fixture
 def normbench(tmp_path, capsys, monkeypatch):
-    """Runs `normbench ARGS...` in this process with out=<tmp>/outputs; returns code, stdout, stderr."""
+    """Runs `normbench ARGS...` in this process with out=<tmp>/outputs; returns code, stdout,
+    stderr."""
     root = tmp_path / "outputs"
 
     def invoke(*args: str, out: Path | None = None) -> CliResult:

@@ -1,4 +1,5 @@
-"""`normbench check`: every check passes on the shipped layers, and a broken layer makes it fail (exit 1)."""
+"""`normbench check`: every check passes on the shipped layers, and a broken layer makes it fail
+(exit 1)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ def test_every_norm_has_a_reference_check_and_all_pass(normbench):
     result = normbench("check")
     assert result.code == 0, result.out
     lines = result.out.strip().splitlines()
-    assert all(line.startswith("PASS") for line in lines[:-1]) and lines[-1] == f"{len(names)} passed, 0 failed"
+    assert (
+        all(line.startswith("PASS") for line in lines[:-1])
+        and lines[-1] == f"{len(names)} passed, 0 failed"
+    )
 
 
 def test_a_broken_layer_fails_its_check(normbench, monkeypatch):
@@ -35,6 +39,10 @@ def test_a_broken_layer_fails_its_check(normbench, monkeypatch):
 def test_check_filters_by_norm_and_rejects_unknown(normbench):
     result = normbench("check", "--norm", "gn")
     assert result.code == 0
-    assert {line.split()[1] for line in result.out.splitlines()[:-1]} == {"gn", "gn(groups=1)", "gn(groups=C)"}
+    assert {line.split()[1] for line in result.out.splitlines()[:-1]} == {
+        "gn",
+        "gn(groups=1)",
+        "gn(groups=C)",
+    }
     bad = normbench("check", "--norm", "gm")
     assert bad.code == 2 and "did you mean 'gn'" in bad.err

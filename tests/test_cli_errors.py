@@ -1,4 +1,5 @@
-"""Every bad input gives one line that names the fix, exit code 2, no traceback, and no run folder."""
+"""Every bad input gives one line that names the fix, exit code 2, no traceback, and no run
+folder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch
 
 from normbench.data import fashion_mnist
 
-BASE = ["data=synthetic", "data.train_size=64", "data.test_size=32", "epochs=1", "batch=16", "log.progress=none"]
+BASE = [
+    "data=synthetic",
+    "data.train_size=64",
+    "data.test_size=32",
+    "epochs=1",
+    "batch=16",
+    "log.progress=none",
+]
 
 # (overrides after `run`, words the one line must contain)
 BAD_RUNS = [
@@ -71,18 +79,23 @@ def test_cuda_without_gpu(normbench):
 
 def test_missing_fashion_mnist_names_the_install_command(normbench, monkeypatch, tmp_path):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nowhere")
-    monkeypatch.setattr(fashion_mnist, "DEFAULT_DOWNLOAD_ROOT", tmp_path / "no-cache")  # a user's earlier download
+    # a user's earlier download
+    monkeypatch.setattr(fashion_mnist, "DEFAULT_DOWNLOAD_ROOT", tmp_path / "no-cache")
     result = normbench("run", "log.progress=none", "epochs=1")
     assert_one_line_error(result, ["apt-get install dataset-fashion-mnist", "data.root"])
     assert not (result.root / "runs").exists()
 
 
 def test_data_root_without_files(normbench, tmp_path):
-    assert_one_line_error(normbench("run", "log.progress=none", f"data.root={tmp_path}"), [str(tmp_path)])
+    assert_one_line_error(
+        normbench("run", "log.progress=none", f"data.root={tmp_path}"), [str(tmp_path)]
+    )
 
 
 def test_user_config_dir_must_exist(normbench, tmp_path):
-    assert_one_line_error(normbench("run", "--config-dir", str(tmp_path / "missing"), *BASE), ["config dir"])
+    assert_one_line_error(
+        normbench("run", "--config-dir", str(tmp_path / "missing"), *BASE), ["config dir"]
+    )
 
 
 def test_list_unknown_kind(normbench):
@@ -96,9 +109,15 @@ def test_batch_one_is_fine_for_batch_independent_norms(normbench):
 
 
 def test_installed_command_prints_one_line_without_traceback(tmp_path):
-    """End to end through the console script (a fresh process, Hydra's own error handling included)."""
-    proc = subprocess.run([sys.executable, "-m", "normbench", "run", "norm=bnn", "log.progress=none"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    """End to end through the console script (a fresh process, Hydra's own error handling
+    included)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "normbench", "run", "norm=bnn", "log.progress=none"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown norm 'bnn'" in proc.stderr and "did you mean 'bn'" in proc.stderr

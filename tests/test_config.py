@@ -1,4 +1,5 @@
-"""Configs: found from any working directory, user config dirs, help text in sync with configs/config.yaml."""
+"""Configs: found from any working directory, user config dirs, help text in sync with
+configs/config.yaml."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_overrides_and_choices():
 def test_user_config_dir_adds_options(tmp_path):
     (tmp_path / "norm").mkdir()
     (tmp_path / "norm" / "gn8.yaml").write_text(
-        "name: gn\ngroups: 8\nmin_channels_per_group: 2\nstrict: false\neps: 1.0e-5\n")
+        "name: gn\ngroups: 8\nmin_channels_per_group: 2\nstrict: false\neps: 1.0e-5\n"
+    )
     cfg = compose(["norm=gn8"], user_config_dir=tmp_path)
     assert cfg.norm.name == "gn" and cfg.norm.groups == 8
 
@@ -51,22 +53,44 @@ def test_run_help_lists_every_top_level_key_and_group_option():
 
 
 def test_installed_cli_finds_its_configs_from_any_directory(tmp_path):
-    """The console script, run from a folder that is not the repo, lists norms and composes configs."""
+    """The console script, run from a folder that is not the repo, lists norms and composes
+    configs."""
     script = Path(sys.executable).parent / "normbench"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "normbench"]
-    listed = subprocess.run([*command, "list", "norms"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [*command, "list", "norms"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()] == list(NORMS)
-    helped = subprocess.run([*command, "run", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [*command, "run", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert helped.returncode == 0 and "lr_scaling=linear" in helped.stdout
 
 
 def test_wheel_ships_the_configs(tmp_path):
     """A non-editable install gets configs/ inside the package (hatch force-include)."""
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if build.returncode != 0 and "hatchling" in build.stderr:
-        pytest.skip("hatchling is not installed in this environment (only pip's isolated build has it)")
+        pytest.skip(
+            "hatchling is not installed in this environment (only pip's isolated build has it)"
+        )
     assert build.returncode == 0, build.stderr
     import zipfile
 

@@ -1,5 +1,6 @@
 """Data-parallel runs (normbench.distributed): torchrun with 2 gloo processes on the CPU against the
-single-process runs they must equal, plus the sharding, rank and SyncBN rules checked in this process."""
+single-process runs they must equal, plus the sharding, rank and SyncBN rules checked in this
+process."""
 
 from __future__ import annotations
 
@@ -12,27 +13,45 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_mnist_cifar_imagefolder import folder_config, write_image_folder
 
 from normbench import distributed
 from normbench.data import Shard, load_data, tensor_batches
 from normbench.data.augment import Augment
 from normbench.errors import UserError
-from normbench.runs import atomic_write_bytes, run_key
+from normbench.files import atomic_write_bytes
+from normbench.runs import run_key
 from normbench.validate import validate
-
-from test_data_extra import folder_config, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 SGD steps of 32 images per epoch: small enough for two torchrun processes on 2 CPU cores
-SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=64", "epochs=2", "lr=1.6", "log.every_steps=3",
-         "log.progress=plain"]
+SMALL = [
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=64",
+    "epochs=2",
+    "lr=1.6",
+    "log.every_steps=3",
+    "log.progress=plain",
+]
 
 
 def torchrun(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=2 -m normbench run ...` (a free port, gloo on the CPU)."""
+    """`torchrun --standalone --nproc_per_node=2 -m normbench run ...` (a free port, gloo on the
+    CPU)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "normbench", "run", *overrides, f"out={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "normbench",
+        "run",
+        *overrides,
+        f"out={out}",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
@@ -62,11 +81,12 @@ def single_process(normbench, out: Path, *overrides: str) -> Path:
 
 @pytest.mark.slow
 def test_two_processes_equal_accum_two_in_one_process(normbench, tmp_path):
-    """2 processes x batch 16 (norm=bn) == one process with accum=2 x batch 16: the same SGD batch of 32, the same
-    16 images behind each per-device BN statistic, DDP's gradient mean == accum's mean. Parameters are compared
-    with atol 1e-6 (measured: bitwise equal; halving is exact in float and gloo adds two numbers either way).
-    BN running statistics are NOT compared for equality: rank 0 (whose buffers are saved) updated them on its
-    own micro-batches only, half as often as the accum run, which updates them on every micro-batch."""
+    """2 processes x batch 16 (norm=bn) == one process with accum=2 x batch 16: the same SGD batch
+    of 32, the same 16 images behind each per-device BN statistic, DDP's gradient mean == accum's
+    mean. Parameters are compared with atol 1e-6 (measured: bitwise equal; halving is exact in float
+    and gloo adds two numbers either way). BN running statistics are NOT compared for equality: rank
+    0 (whose buffers are saved) updated them on its own micro-batches only, half as often as the
+    accum run, which updates them on every micro-batch."""
     out = tmp_path / "ddp"
     done = torchrun(out, *SMALL, "batch=16")
     run_dir = only_run_dir(out)
@@ -75,10 +95,16 @@ def test_two_processes_equal_accum_two_in_one_process(normbench, tmp_path):
     assert record["status"] == "completed"
     assert record["config"]["batch"] == 16 and record["config"]["accum"] == 1
     setup = record["setup"]
-    assert (setup["world_size"], setup["sgd_batch"], setup["norm_batch"], setup["steps_per_epoch"]) == (2, 32, 16, 8)
+    assert (
+        setup["world_size"],
+        setup["sgd_batch"],
+        setup["norm_batch"],
+        setup["steps_per_epoch"],
+    ) == (2, 32, 16, 8)
     assert setup["lr_scaled"] == pytest.approx(1.6 * 32 / 256) and setup["sync_bn"] is False
     assert len(record["history"]) == 2 and (run_dir / "config.yaml").is_file()
-    # only rank 0 wrote and printed: TensorBoard files of one process, one report line, one line per epoch
+    # only rank 0 wrote and printed: TensorBoard files of one process, one report line, one line per
+    # epoch
     writers = {path.name.split(".")[-2] for path in (run_dir / "tb").iterdir()}
     assert len(writers) == 1, writers
     assert done.stdout.count("completed:") == 1 and done.stdout.count("epoch 2/2") == 1, done.stdout
@@ -87,7 +113,8 @@ def test_two_processes_equal_accum_two_in_one_process(normbench, tmp_path):
     single = single_process(normbench, tmp_path / "one", *SMALL, "batch=16", "accum=2")
     reference = json.loads((single / "record.json").read_text())
     assert reference["setup"]["sgd_batch"] == 32 and reference["setup"]["world_size"] == 1
-    for ours, theirs in zip(record["history"], reference["history"]):  # train metrics: mean over both ranks
+    # train metrics: mean over both ranks
+    for ours, theirs in zip(record["history"], reference["history"]):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
         assert ours["train_acc"] == pytest.approx(theirs["train_acc"], abs=1e-9)
     ddp, accum = saved_model(run_dir), saved_model(single)
@@ -95,15 +122,20 @@ def test_two_processes_equal_accum_two_in_one_process(normbench, tmp_path):
         if "running_" in name or "num_batches" in name:
             continue
         torch.testing.assert_close(ddp[name], value, rtol=0, atol=1e-6, msg=name)
-    # per-device running statistics: rank 0 saw 2 epochs x 8 of the 32 micro-batches, the accum run all 32
-    assert int(ddp["norm1.num_batches_tracked"]) == 16 and int(accum["norm1.num_batches_tracked"]) == 32
+    # per-device running statistics: rank 0 saw 2 epochs x 8 of the 32 micro-batches, the accum run
+    # all 32
+    assert (
+        int(ddp["norm1.num_batches_tracked"]) == 16
+        and int(accum["norm1.num_batches_tracked"]) == 32
+    )
 
 
 @pytest.mark.slow
 def test_sync_bn_over_two_processes_equals_bn_on_the_double_batch(normbench, tmp_path):
-    """sync_bn=true, 2 processes x batch 16 == BN in one process with batch 32: every BN statistic is taken over
-    the same 32 images, running statistics included, so everything is compared. atol 1e-4: sums over the two
-    processes are added in another order than over one batch (measured max difference 5e-6 after 16 steps)."""
+    """sync_bn=true, 2 processes x batch 16 == BN in one process with batch 32: every BN statistic
+    is taken over the same 32 images, running statistics included, so everything is compared. atol
+    1e-4: sums over the two processes are added in another order than over one batch (measured max
+    difference 5e-6 after 16 steps)."""
     out = tmp_path / "sync"
     torchrun(out, *SMALL, "batch=16", "sync_bn=true")
     run_dir = only_run_dir(out)
@@ -111,8 +143,10 @@ def test_sync_bn_over_two_processes_equals_bn_on_the_double_batch(normbench, tmp
     setup = record["setup"]
     assert record["status"] == "completed" and setup["sync_bn"] is True
     assert (setup["world_size"], setup["sgd_batch"], setup["norm_batch"]) == (2, 32, 32)
-    assert all("SyncBatchNorm" in text and "synchronised over 2 processes" in text
-               for text in setup["norm_layers"].values()), setup["norm_layers"]
+    assert all(
+        "SyncBatchNorm" in text and "synchronised over 2 processes" in text
+        for text in setup["norm_layers"].values()
+    ), setup["norm_layers"]
 
     single = single_process(normbench, tmp_path / "one", *SMALL, "batch=32")
     reference = json.loads((single / "record.json").read_text())
@@ -127,8 +161,9 @@ def test_sync_bn_over_two_processes_equals_bn_on_the_double_batch(normbench, tmp
 
 
 def test_shards_of_an_epoch_are_the_micro_batches_of_one_process():
-    """W=2 processes with accum=2: step k of rank r holds micro-batches (k*W + r)*accum + m of the one-process run
-    with accum*W micro-batches per step, augmentation included, and every generator ends in the same state."""
+    """W=2 processes with accum=2: step k of rank r holds micro-batches (k*W + r)*accum + m of the
+    one-process run with accum*W micro-batches per step, augmentation included, and every generator
+    ends in the same state."""
     world, accum, batch, steps = 2, 2, 3, 4
     count = steps * accum  # per process
     x = torch.arange(50 * 2 * 6 * 6, dtype=torch.float32).reshape(50, 2, 6, 6)  # 48 used
@@ -147,23 +182,31 @@ def test_shards_of_an_epoch_are_the_micro_batches_of_one_process():
                 assert torch.equal(targets, ref_targets) and torch.equal(inputs, ref_inputs)
         assert torch.equal(mine.get_state(), one.get_state())
     positions = [Shard(r, world, accum).positions(count, batch) for r in range(world)]
-    assert sorted(torch.cat(positions).tolist()) == list(range(count * world * batch))  # disjoint, whole epoch
-    assert positions[1][:accum * batch].tolist() == list(range(accum * batch, 2 * accum * batch))
+    # disjoint, whole epoch
+    assert sorted(torch.cat(positions).tolist()) == list(range(count * world * batch))
+    assert positions[1][: accum * batch].tolist() == list(range(accum * batch, 2 * accum * batch))
     with pytest.raises(ValueError, match="whole SGD steps"):
         Shard(0, world, accum).positions(3, batch)
 
 
 def test_image_folder_shards_match_one_process(tmp_path):
-    """The DataLoader path: each process reads only its own images, with the crops the one-process run makes."""
+    """The DataLoader path: each process reads only its own images, with the crops the one-process
+    run makes."""
     data = load_data(folder_config(write_image_folder(tmp_path / "imgs")))  # 12 training images
     try:
         reference = [x for x, _ in data.train_batches(2, 6, torch.Generator().manual_seed(3))]
         for rank in range(2):
-            shard = [x for x, _ in data.train_batches(2, 3, torch.Generator().manual_seed(3), Shard(rank, 2, 1))]
+            shard = [
+                x
+                for x, _ in data.train_batches(
+                    2, 3, torch.Generator().manual_seed(3), Shard(rank, 2, 1)
+                )
+            ]
             assert len(shard) == 3
             for step, inputs in enumerate(shard):
                 assert torch.equal(inputs, reference[2 * step + rank])
-        assert len(list(data.train_batches(2, 6, torch.Generator().manual_seed(3)))) == 6  # shard reset
+        # shard reset
+        assert len(list(data.train_batches(2, 6, torch.Generator().manual_seed(3)))) == 6
     finally:
         data.close()
 
@@ -194,7 +237,9 @@ def test_sync_bn_refuses_norms_it_cannot_synchronise(cfg_of, normbench):
     with pytest.raises(UserError, match="sync_bn must be true or false"):
         validate(cfg_of(["data=synthetic", "sync_bn=3"]))
     result = normbench("run", "data=synthetic", "norm=mabn", "sync_bn=true")
-    assert result.code == 2 and result.err.count("\n") == 1 and "norm=mabn" in result.err, result.err
+    assert result.code == 2 and result.err.count("\n") == 1 and "norm=mabn" in result.err, (
+        result.err
+    )
 
 
 def test_sync_bn_in_one_process_is_exactly_bn(normbench, tmp_path):
@@ -207,7 +252,9 @@ def test_sync_bn_in_one_process_is_exactly_bn(normbench, tmp_path):
     assert [h["train_loss"] for h in sync["history"]] == [h["train_loss"] for h in bn["history"]]
     assert sync["metrics"]["test_error"] == bn["metrics"]["test_error"]
     assert sync["setup"]["sync_bn"] is True and "one process" in sync["setup"]["sync_bn_note"]
-    assert all("not synchronised, same as BN" in text for text in sync["setup"]["norm_layers"].values())
+    assert all(
+        "not synchronised, same as BN" in text for text in sync["setup"]["norm_layers"].values()
+    )
     assert bn["setup"]["sync_bn"] is False and "sync_bn_note" not in bn["setup"]
 
 
@@ -220,8 +267,11 @@ def test_sync_bn_converts_only_bn_and_says_when_it_changes_nothing(cfg_of):
     before = [type(m) for m in norm_layer.built]
     assert distributed.convert_sync_bn(cfg, model, norm_layer.built) == 4 == len(before)
     assert all(isinstance(m, SyncBatchNorm) for m in norm_layer.built)
-    assert [m.dim for m in norm_layer.built] == [2, 2, 1, 1]  # LeNet: two conv layers, two fully connected
-    assert [id(m) for m in norm_layer.built] == [id(m) for m in model.modules() if isinstance(m, SyncBatchNorm)]
+    # LeNet: two conv layers, two fully connected
+    assert [m.dim for m in norm_layer.built] == [2, 2, 1, 1]
+    assert [id(m) for m in norm_layer.built] == [
+        id(m) for m in model.modules() if isinstance(m, SyncBatchNorm)
+    ]
     gn = cfg_of(["data=synthetic", "norm=gn", "sync_bn=true"])
     model, norm_layer = build_model(gn)
     assert distributed.convert_sync_bn(gn, model, norm_layer.built) == 0
@@ -229,21 +279,27 @@ def test_sync_bn_converts_only_bn_and_says_when_it_changes_nothing(cfg_of):
 
 
 def test_train_epoch_stops_when_any_process_went_non_finite():
-    """train_epoch reads the loss through `average` (the mean over processes): another process's NaN makes this
-    one stop at the same step although its own loss is finite, so no process is left waiting in DDP."""
+    """train_epoch reads the loss through `average` (the mean over processes): another process's NaN
+    makes this one stop at the same step although its own loss is finite, so no process is left
+    waiting in DDP."""
     from normbench.train import train_epoch
 
     def epoch(average):
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 3)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        batches = [(torch.randn(8, 4, generator=torch.Generator().manual_seed(i)), torch.arange(8) % 3)
-                   for i in range(12)]
+        batches = [
+            (torch.randn(8, 4, generator=torch.Generator().manual_seed(i)), torch.arange(8) % 3)
+            for i in range(12)
+        ]
         return train_epoch(model, optimizer, lambda step: 0.1, 0, batches, 6, 2, 2, average=average)
 
     alone = epoch(None)
     assert alone.finite and alone.steps == 6
-    same = epoch(lambda sums: (sums + sums) / 2)  # two processes that saw the same: the same numbers
-    assert same.finite and same.loss == pytest.approx(alone.loss, rel=1e-6) and same.acc == alone.acc
+    # two processes that saw the same: the same numbers
+    same = epoch(lambda sums: (sums + sums) / 2)
+    assert (
+        same.finite and same.loss == pytest.approx(alone.loss, rel=1e-6) and same.acc == alone.acc
+    )
     other_nan = epoch(lambda sums: (sums + torch.tensor([float("nan"), 0.0])) / 2)
     assert not other_nan.finite and other_nan.steps == 2  # the first read, after log_every=2 steps

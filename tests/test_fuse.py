@@ -36,8 +36,9 @@ def test_lenet_bn_folds_every_norm_and_matches(activation):
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
-    assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), \
-        "the original model is left as it was"
+    assert model.training is False and any(
+        isinstance(m, nn.BatchNorm2d) for m in model.modules()
+    ), "the original model is left as it was"
 
 
 def test_batch_independent_norms_are_left_alone():

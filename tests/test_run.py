@@ -1,17 +1,16 @@
-"""`normbench run` end to end on tiny synthetic data: the record, resume, skip, divergence, TensorBoard."""
+"""`normbench run` end to end on tiny synthetic data: the record, resume, skip, divergence,
+TensorBoard."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
+from conftest import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from normbench import runner
 from normbench.norms import NORMS
-
-from conftest import TINY
 
 SPEC_METRICS = {"test_error", "test_acc", "best_test_error", "train_loss", "train_acc"}
 SPEC_TIMING = {"train_seconds", "images_per_second", "peak_memory_mb"}
@@ -22,11 +21,18 @@ def test_record_holds_every_spec_field(normbench):
     assert result.code == 0, result.err
     run_dir = next((result.root / "runs").iterdir())
     assert run_dir.name.startswith("synthetic-lenet-bn-b16x1-s0")
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "record.json", "tb", "checkpoint.pt"}
+    assert {p.name for p in run_dir.iterdir()} == {
+        "config.yaml",
+        "record.json",
+        "tb",
+        "checkpoint.pt",
+    }
     record = json.loads((run_dir / "record.json").read_text())
     assert record["status"] == "completed"
     assert SPEC_METRICS <= set(record["metrics"])
-    assert SPEC_TIMING <= set(record["timing"]) and all(record["timing"][k] > 0 for k in SPEC_TIMING)
+    assert SPEC_TIMING <= set(record["timing"]) and all(
+        record["timing"][k] > 0 for k in SPEC_TIMING
+    )
     assert {"torch", "device", "device_name"} <= set(record["env"])
     assert record["config"]["norm"]["name"] == "bn" and record["config"]["batch"] == 16
     assert [h["epoch"] for h in record["history"]] == [1, 2]
@@ -50,8 +56,10 @@ def test_run_key_is_deterministic_and_hashes_non_default_settings(normbench):
 def test_training_learns_and_is_reproducible(normbench, tmp_path):
     first = normbench("run", *TINY, "epochs=3", out=tmp_path / "a").record()
     second = normbench("run", *TINY, "epochs=3", out=tmp_path / "b").record()
-    assert first["history"] == [dict(h, train_seconds=g["train_seconds"]) for h, g in
-                                zip(second["history"], first["history"])]
+    assert first["history"] == [
+        dict(h, train_seconds=g["train_seconds"])
+        for h, g in zip(second["history"], first["history"])
+    ]
     assert first["metrics"]["test_acc"] > 0.3  # 10 classes: chance is 0.1
     other_seed = normbench("run", *TINY, "epochs=3", "seed=1", out=tmp_path / "c").record()
     assert other_seed["metrics"]["train_loss"] != first["metrics"]["train_loss"]
@@ -90,8 +98,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(normbench, monkeypa
     record = resumed.record()
     assert record["status"] == "completed"
     for mine, ref in zip(record["history"], reference["history"], strict=True):
-        assert {k: v for k, v in mine.items() if k != "train_seconds"} == \
-               {k: v for k, v in ref.items() if k != "train_seconds"}
+        assert {k: v for k, v in mine.items() if k != "train_seconds"} == {
+            k: v for k, v in ref.items() if k != "train_seconds"
+        }
 
 
 def test_corrupt_checkpoint_restarts_with_a_warning(normbench):
@@ -137,7 +146,8 @@ def test_every_norm_trains_at_batch_2(normbench, norm):
     layers = record["setup"]["norm_layers"]
     if norm == "none":
         assert list(layers.values()) == ["Identity()"] * 4
-    elif not NORMS[norm].supports_1d:  # no 1-D form (in, evonorm_b0): the hidden fc layers go without a norm
+    # no 1-D form (in, evonorm_b0): the hidden fc layers go without a norm
+    elif not NORMS[norm].supports_1d:
         assert len(layers) == 2 and len(record["setup"]["layers_without_norm"]) == 2
     else:
         assert len(layers) == 4
@@ -145,18 +155,27 @@ def test_every_norm_trains_at_batch_2(normbench, norm):
 
 def test_gn_records_the_groups_each_layer_got(normbench):
     record = normbench("run", *TINY, "norm=gn", "epochs=1").record()
-    assert list(record["setup"]["norm_groups"].values()) == [3, 8, 30, 28]  # 6, 16, 120, 84 channels
+    # 6, 16, 120, 84 channels
+    assert list(record["setup"]["norm_groups"].values()) == [3, 8, 30, 28]
     assert all("groups=" in text for text in record["setup"]["norm_layers"].values())
 
 
 def test_accum_gives_each_micro_batch_its_own_statistics(normbench, tmp_path):
-    """accum=2 x batch 8 is one SGD step of 16 images whose BN sees two batches of 8: it differs from batch 16."""
+    """accum=2 x batch 8 is one SGD step of 16 images whose BN sees two batches of 8: it differs
+    from batch 16."""
     record = normbench("run", *TINY, "batch=8", "accum=2", "epochs=1", out=tmp_path / "a").record()
     assert record["setup"]["sgd_batch"] == 16 and record["setup"]["steps_per_epoch"] == 8
     assert record["setup"]["lr_scaled"] == pytest.approx(1.6 * 16 / 256)
     plain = normbench("run", *TINY, "batch=16", "epochs=1", out=tmp_path / "b").record()
     assert record["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
-    gn_accum = normbench("run", *TINY, "norm=gn", "batch=8", "accum=2", "epochs=1", out=tmp_path / "c").record()
-    gn_plain = normbench("run", *TINY, "norm=gn", "batch=16", "epochs=1", out=tmp_path / "d").record()
-    # GN is batch-independent: the same SGD batch gives the same training up to float summation order
-    assert gn_accum["history"][0]["train_loss"] == pytest.approx(gn_plain["history"][0]["train_loss"], rel=1e-4)
+    gn_accum = normbench(
+        "run", *TINY, "norm=gn", "batch=8", "accum=2", "epochs=1", out=tmp_path / "c"
+    ).record()
+    gn_plain = normbench(
+        "run", *TINY, "norm=gn", "batch=16", "epochs=1", out=tmp_path / "d"
+    ).record()
+    # GN is batch-independent: the same SGD batch gives the same training up to float summation
+    # order
+    assert gn_accum["history"][0]["train_loss"] == pytest.approx(
+        gn_plain["history"][0]["train_loss"], rel=1e-4
+    )

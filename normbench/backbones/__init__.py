@@ -1,9 +1,11 @@
-"""Backbone registry: name -> builder(cfg.backbone, norm_layer, num_classes, in_channels, image_size)."""
+"""Backbone registry: name -> builder(cfg.backbone, norm_layer, num_classes, in_channels,
+image_size)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -22,71 +24,127 @@ class BackboneSpec:
     inputs: str  # what input it expects, for `normbench list backbones`
 
 
-def _lenet(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-           image_size: int) -> nn.Module:
-    return LeNet(norm_layer, num_classes, in_channels, image_size,
-                 activation=options["activation"], pool=options["pool"])
+def _lenet(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
+    return LeNet(
+        norm_layer,
+        num_classes,
+        in_channels,
+        image_size,
+        activation=options["activation"],
+        pool=options["pool"],
+    )
 
 
-def _resnet20(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-              image_size: int) -> nn.Module:
+def _resnet20(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
     return build_cifar_resnet(20, options, norm_layer, num_classes, in_channels, image_size)
 
 
-def _resnet56(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-              image_size: int) -> nn.Module:
+def _resnet56(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
     return build_cifar_resnet(56, options, norm_layer, num_classes, in_channels, image_size)
 
 
-def _resnet18(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-              image_size: int) -> nn.Module:
+def _resnet18(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
     return build_resnet(18, options, norm_layer, num_classes, in_channels, image_size)
 
 
-def _resnet50(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-              image_size: int) -> nn.Module:
+def _resnet50(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
     return build_resnet(50, options, norm_layer, num_classes, in_channels, image_size)
 
 
-# Parameter counts in the descriptions are with norm=bn, 10 classes, 3-channel 32 px input (small stem) and the
-# configs' defaults; tests/test_backbones_cnn.py checks every one of them against a built model.
+# Parameter counts in the descriptions are with norm=bn, 10 classes, 3-channel 32 px input (small
+# stem) and the configs' defaults; tests/backbones/test_resnet_shufflenet.py checks every one
+# against a built model.
 BACKBONES: dict[str, BackboneSpec] = {
-    "lenet": BackboneSpec(_lenet, "LeNet-5 (d2l): 2 conv + 3 fc, norm after every hidden layer",
-                          "any channels, square images >= 12 px (28 px as in d2l)"),
+    "lenet": BackboneSpec(
+        _lenet,
+        "LeNet-5 (d2l): 2 conv + 3 fc, norm after every hidden layer",
+        "any channels, square images >= 12 px (28 px as in d2l)",
+    ),
     "resnet20": BackboneSpec(
-        _resnet20, "CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 basic blocks, 16/32/64 channels, "
+        _resnet20,
+        "CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 basic blocks, "
+        "16/32/64 channels, "
         "zero-padding shortcuts; 269,722 params (BN, 10 classes)",
-        "any channels, images >= 5 px (32 in the paper); no stem downsampling"),
+        "any channels, images >= 5 px (32 in the paper); no stem downsampling",
+    ),
     "resnet56": BackboneSpec(
-        _resnet56, "CIFAR ResNet-56 (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks, 16/32/64 channels, "
+        _resnet56,
+        "CIFAR ResNet-56 (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks, "
+        "16/32/64 channels, "
         "zero-padding shortcuts; 853,018 params (BN, 10 classes)",
-        "any channels, images >= 5 px (32 in the paper); no stem downsampling"),
+        "any channels, images >= 5 px (32 in the paper); no stem downsampling",
+    ),
     "resnet18": BackboneSpec(
-        _resnet18, "ResNet-18 (He et al. 2016), torchvision's layout; 11,173,962 params (BN, 10 classes; "
+        _resnet18,
+        "ResNet-18 (He et al. 2016), torchvision's layout; 11,173,962 params (BN, 10 "
+        "classes; "
         "ImageNet stem: 11,181,642 = torchvision's)",
-        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool"),
+        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool",
+    ),
     "resnet50": BackboneSpec(
-        _resnet50, "ResNet-50 (He et al. 2016), torchvision's layout; 23,520,842 params (BN, 10 classes; "
+        _resnet50,
+        "ResNet-50 (He et al. 2016), torchvision's layout; 23,520,842 params (BN, 10 "
+        "classes; "
         "ImageNet stem: 23,528,522 = torchvision's)",
-        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool"),
+        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool",
+    ),
     "shufflenet_v2": BackboneSpec(
-        build_shufflenet_v2, "ShuffleNet V2 (Ma et al. 2018), backbone.width 0.5/1.0/1.5/2.0: 352,042 / 1,263,854 / "
+        build_shufflenet_v2,
+        "ShuffleNet V2 (Ma et al. 2018), backbone.width 0.5/1.0/1.5/2.0: "
+        "352,042 / 1,263,854 / "
         "2,488,874 / 5,365,486 params (BN, 10 classes; = torchvision's)",
-        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 3x3/2 stem + max-pool"),
+        "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 3x3/2 stem + max-pool",
+    ),
 }
 
 INITS = ("default", "xavier")
 
 
-def build_backbone(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-                   image_size: int) -> nn.Module:
+def build_backbone(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
     """Builds the backbone named by `options["name"]` and applies `options["init"]`."""
     name = options["name"]
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     model = BACKBONES[name].build(options, norm_layer, num_classes, in_channels, image_size)
     init = options.get("init", "default")
-    if init == "xavier":  # d2l's training function: Xavier-uniform weights of every conv and linear layer
+    # d2l's training function: Xavier-uniform weights of every conv and linear layer
+    if init == "xavier":
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
@@ -99,21 +157,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-
-
 def build_model(cfg: Any) -> tuple[nn.Module, NormChoice]:
-    """The model a run config asks for (backbone, norm, data shape), and the NormChoice that built its norms."""
+    """The model a run config asks for (backbone, norm, data shape), and the NormChoice that built
+    its norms."""
     from omegaconf import OmegaConf
 
     norm_options = OmegaConf.to_container(cfg.norm, resolve=True)
     norm_layer = NormChoice(norm_options.pop("name"), norm_options)
     backbone_options = OmegaConf.to_container(cfg.backbone, resolve=True)
-    model = build_backbone(backbone_options, norm_layer, num_classes=cfg.data.num_classes,
-                           in_channels=cfg.data.in_channels, image_size=cfg.data.image_size)
+    model = build_backbone(
+        backbone_options,
+        norm_layer,
+        num_classes=cfg.data.num_classes,
+        in_channels=cfg.data.in_channels,
+        image_size=cfg.data.image_size,
+    )
     if norm_layer.conv_weight is not None:
         convert_convs(model, norm_layer.conv_weight)
     return model, norm_layer
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "CifarResNet", "LeNet", "NormChoice", "ResNet", "ShuffleNetV2",
-           "build_backbone", "build_model", "count_parameters"]
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "CifarResNet",
+    "LeNet",
+    "NormChoice",
+    "ResNet",
+    "ShuffleNetV2",
+    "build_backbone",
+    "build_model",
+    "count_parameters",
+]

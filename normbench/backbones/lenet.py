@@ -1,4 +1,5 @@
-"""LeNet-5 as in d2l ("Dive into Deep Learning", LeCun et al. 1998), with a norm after every conv and hidden fc."""
+"""LeNet-5 as in d2l ("Dive into Deep Learning", LeCun et al. 1998), with a norm after every conv
+and hidden fc."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 
 class LeNet(nn.Sequential):
-    """conv1 6@5x5 (pad 2) -> pool1 -> conv2 16@5x5 -> pool2 -> fc1 120 -> fc2 84 -> fc3 `num_classes`.
+    """conv1 6@5x5 (pad 2) -> pool1 -> conv2 16@5x5 -> pool2 -> fc1 120 -> fc2 84 -> fc3
+    `num_classes`.
 
-    Each hidden layer i is followed by `norm{i}` and then `act{i}` (or by the norm alone when it carries
-    its own activation, e.g. FRN+TLU), so records name layers like "norm1". Works for any square input of
-    at least 12 px.
+    Each hidden layer i is followed by `norm{i}` and then `act{i}` (or by the norm alone when it
+    carries its own activation, e.g. FRN+TLU), so records name layers like "norm1". Works for any
+    square input of at least 12 px.
     """
 
     def __init__(
@@ -38,7 +40,9 @@ class LeNet(nn.Sequential):
 
         def hidden(index: int, name: str, layer: nn.Module, channels: int, dim: int) -> None:
             layers[name] = layer
-            for kind, module in zip(("norm", "act"), norm_layer.norm_act(channels, activation, dim)):
+            for kind, module in zip(
+                ("norm", "act"), norm_layer.norm_act(channels, activation, dim)
+            ):
                 layers[f"{kind}{index}"] = module
 
         hidden(1, "conv1", nn.Conv2d(in_channels, 6, kernel_size=5, padding=2, bias=bias), 6, 2)

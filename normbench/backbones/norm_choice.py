@@ -1,9 +1,11 @@
-"""The norm a backbone is built with: a `norm_layer(num_channels, dim)` callable plus its activation rules."""
+"""The norm a backbone is built with: a `norm_layer(num_channels, dim)` callable plus its activation
+rules."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -19,15 +21,16 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 class NormChoice:
     """Builds every norm layer of one model from one config entry and remembers what it built.
 
-    Called like torchvision's `norm_layer`: `choice(num_channels)` for NCHW maps, `choice(c, dim=1)` for
-    (N, C) features. Norms without a meaningful 1-D form (IN) give `nn.Identity` on features, and
-    `skipped` says which layers went without a norm, so the run record shows it.
+    Called like torchvision's `norm_layer`: `choice(num_channels)` for NCHW maps, `choice(c, dim=1)`
+    for (N, C) features. Norms without a meaningful 1-D form (IN) give `nn.Identity` on features,
+    and `skipped` says which layers went without a norm, so the run record shows it.
 
     Backbones place norms with one of two methods, by what the original network has after the norm:
-    `norm_act(c, activation)` where it has norm + activation, `norm_only(c)` where it has a norm and no
-    activation (last norm of a residual branch, projection shortcut, ShuffleNet's depthwise convs). They
-    differ only for a norm carrying its own activation (FRN+TLU, EvoNorm): norm_act gives it with its
-    activation in place of the backbone's, norm_only gives its activation-free form (build_norm's act=False).
+    `norm_act(c, activation)` where it has norm + activation, `norm_only(c)` where it has a norm and
+    no activation (last norm of a residual branch, projection shortcut, ShuffleNet's depthwise
+    convs). They differ only for a norm carrying its own activation (FRN+TLU, EvoNorm): norm_act
+    gives it with its activation in place of the backbone's, norm_only gives its activation-free
+    form (build_norm's act=False).
     """
 
     name: str
@@ -40,23 +43,31 @@ class NormChoice:
         return NORMS[self.name]
 
     def __post_init__(self) -> None:
-        if "act" in self.options:  # build_norm would take it as its layer argument, not as an option
-            raise NormConfigError(f"norm {self.name!r} has no option act: whether a norm keeps its own activation "
-                                  f"is decided by the backbone at each position, not by the config")
+        # build_norm would take it as its layer argument, not as an option
+        if "act" in self.options:
+            raise NormConfigError(
+                f"norm {self.name!r} has no option act: whether a norm keeps "
+                "its own activation "
+                f"is decided by the backbone at each position, not by the config"
+            )
 
     def __call__(self, num_channels: int, dim: int = 2, *, act: bool = True) -> nn.Module:
-        """The norm for one layer; act=False: without its own activation (see build_norm), for norm_only."""
+        """The norm for one layer; act=False: without its own activation (see build_norm), for
+        norm_only."""
         if dim == 1 and not self.spec.supports_1d:
-            self.skipped.append(f"{self.name} has no 1-D form: no norm on a {num_channels}-feature layer")
+            self.skipped.append(
+                f"{self.name} has no 1-D form: no norm on a {num_channels}-feature layer"
+            )
             return nn.Identity()
         module = build_norm(self.name, num_channels, dim=dim, act=act, **self.options)
         self.built.append(module)
         return module
 
     def norm_only(self, num_channels: int, dim: int = 2) -> nn.Module:
-        """The norm at a position with no activation after it in the original network: a norm carrying its own
-        activation comes without it (FRN without TLU, EvoNorm's linear form), so that position stays linear;
-        any other norm is the same module as `self(num_channels, dim)`."""
+        """The norm at a position with no activation after it in the original network: a norm
+        carrying its own activation comes without it (FRN without TLU, EvoNorm's linear form), so
+        that position stays linear; any other norm is the same module as `self(num_channels,
+        dim)`."""
         return self(num_channels, dim, act=False)
 
     def norm_act(self, num_channels: int, activation: str, dim: int = 2) -> list[nn.Module]:
@@ -69,14 +80,16 @@ class NormChoice:
 
     @property
     def conv_weight(self) -> str | None:
-        """The conv reparametrization this norm comes with (MABN: "center", unless norm.center_weights=false)."""
+        """The conv reparametrization this norm comes with (MABN: "center", unless
+        norm.center_weights=false)."""
         if not self.options.get("center_weights", True):
             return None
         return self.spec.conv_weight
 
     @property
     def conv_bias(self) -> bool:
-        """A conv/linear followed by a norm with its own shift needs no bias (torchvision's convention)."""
+        """A conv/linear followed by a norm with its own shift needs no bias (torchvision's
+        convention)."""
         return self.name == "none"
 
 
@@ -84,4 +97,6 @@ def make_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None

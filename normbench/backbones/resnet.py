@@ -1,41 +1,46 @@
-"""ResNet-18 and ResNet-50 (He et al., CVPR 2016) in torchvision's layout, with any norm of normbench.
+"""ResNet-18 and ResNet-50 (He et al., CVPR 2016) in torchvision's layout, with any norm of
+normbench.
 
-torchvision's `BasicBlock`/`Bottleneck` take a `norm_layer` but apply a hard-coded ReLU after it, so a norm
-that carries its own activation (FRN+TLU, EvoNorm) would get a second one. These modules mirror torchvision's
-structure exactly -- same module names, so with BN the `state_dict` keys, shapes and parameter count equal
-torchvision's `resnet18`/`resnet50` and its weights load -- but every norm+ReLU pair is
-`norm_layer.norm_act(...)`: with FRN/EvoNorm the norm alone (its own activation replaces the ReLU). The
-activation after the residual addition is always kept (the FRN and EvoNorm papers replace norm+activation
-pairs; the post-addition ReLU is not such a pair). Norms that torchvision does not follow by a ReLU (the
-last norm of each block, the projection shortcut's) are `norm_layer.norm_only(...)`: with FRN/EvoNorm their
-activation-free form (FRN without TLU, EvoNorm without its nonlinearity; evonorm.py says how that form relates
-to the EvoNorm authors' code), so the residual branch and the shortcut stay linear up to the addition, as in the
-reference network.
+torchvision's `BasicBlock`/`Bottleneck` take a `norm_layer` but apply a hard-coded ReLU after it, so
+a norm that carries its own activation (FRN+TLU, EvoNorm) would get a second one. These modules
+mirror torchvision's structure exactly -- same module names, so with BN the `state_dict` keys,
+shapes and parameter count equal torchvision's `resnet18`/`resnet50` and its weights load -- but
+every norm+ReLU pair is `norm_layer.norm_act(...)`: with FRN/EvoNorm the norm alone (its own
+activation replaces the ReLU). The activation after the residual addition is always kept (the FRN
+and EvoNorm papers replace norm+activation pairs; the post-addition ReLU is not such a pair). Norms
+that torchvision does not follow by a ReLU (the last norm of each block, the projection shortcut's)
+are `norm_layer.norm_only(...)`: with FRN/EvoNorm their activation-free form (FRN without TLU,
+EvoNorm without its nonlinearity; evonorm.py says how that form relates to the EvoNorm authors'
+code), so the residual branch and the shortcut stay linear up to the addition, as in the reference
+network.
 
-Layer names (state_dict keys as torchvision): conv1, bn1, act1, maxpool, layer1..layer4, avgpool, fc; in a
-block conv1/bn1/act1, conv2/bn2(/act2, conv3/bn3), downsample.0 (1x1 conv)/downsample.1 (norm), act_out.
-The `bn*` names are kept whatever the norm is (they are the state_dict keys torchvision checkpoints use).
+Layer names (state_dict keys as torchvision): conv1, bn1, act1, maxpool, layer1..layer4, avgpool,
+fc; in a block conv1/bn1/act1, conv2/bn2(/act2, conv3/bn3), downsample.0 (1x1 conv)/downsample.1
+(norm), act_out. The `bn*` names are kept whatever the norm is (they are the state_dict keys
+torchvision checkpoints use).
 
-Stems: "imagenet" is torchvision's 7x7 stride-2 conv + 3x3 stride-2 max-pool (total stride 32); "small" is a
-3x3 stride-1 conv and no max-pool (total stride 8), the usual CIFAR adaptation. "auto" picks "small" for
-images <= 64 px. With BN the small-stem model equals torchvision's with `conv1` replaced by
-`nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)` and `maxpool` by `nn.Identity()`.
+Stems: "imagenet" is torchvision's 7x7 stride-2 conv + 3x3 stride-2 max-pool (total stride 32);
+"small" is a 3x3 stride-1 conv and no max-pool (total stride 8), the usual CIFAR adaptation. "auto"
+picks "small" for images <= 64 px. With BN the small-stem model equals torchvision's with `conv1`
+replaced by `nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)` and `maxpool` by `nn.Identity()`.
 
-Convs are He-initialized (`he_conv`) as in the paper and torchvision. The helpers at the bottom (`norm_and_act`,
-`zero_init_last_norms`, `resolve_stem`, `check_final_size`, `he_conv`) are shared by the CIFAR ResNets and
-ShuffleNetV2.
+Convs are He-initialized (`he_conv`) as in the paper and torchvision. The helpers at the bottom
+(`norm_and_act`, `zero_init_last_norms`, `resolve_stem`, `check_final_size`, `he_conv`) are shared
+by the CIFAR ResNets and ShuffleNetV2.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .norm_choice import NormChoice, make_activation
 
-SMALL_IMAGE_MAX = 64  # stem="auto": the small stem for images up to this size (CIFAR, Fashion-MNIST, Tiny ImageNet)
+# stem="auto": the small stem for images up to this size (CIFAR, Fashion-MNIST, Tiny ImageNet)
+SMALL_IMAGE_MAX = 64
 STEMS = ("auto", "small", "imagenet")
 
 
@@ -44,7 +49,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str
+    ) -> None:
         super().__init__()
         bias = norm_layer.conv_bias
         self.conv1 = he_conv(in_planes, planes, 3, stride=stride, padding=1, bias=bias)
@@ -71,7 +78,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str
+    ) -> None:
         super().__init__()
         bias = norm_layer.conv_bias
         out_planes = planes * self.expansion
@@ -97,12 +106,17 @@ class Bottleneck(nn.Module):
         return self.act_out(out + identity)
 
 
-def projection(in_planes: int, out_planes: int, stride: int, norm_layer: NormChoice) -> nn.Sequential | None:
-    """torchvision's `downsample`: 1x1 conv + norm where the shape changes, else None (identity shortcut)."""
+def projection(
+    in_planes: int, out_planes: int, stride: int, norm_layer: NormChoice
+) -> nn.Sequential | None:
+    """torchvision's `downsample`: 1x1 conv + norm where the shape changes, else None (identity
+    shortcut)."""
     if stride == 1 and in_planes == out_planes:
         return None
-    return nn.Sequential(he_conv(in_planes, out_planes, 1, stride=stride, bias=norm_layer.conv_bias),
-                         norm_layer.norm_only(out_planes))
+    return nn.Sequential(
+        he_conv(in_planes, out_planes, 1, stride=stride, bias=norm_layer.conv_bias),
+        norm_layer.norm_only(out_planes),
+    )
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -110,13 +124,23 @@ DEPTHS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3))}
 
 
 class ResNet(nn.Module):
-    """ResNet-18/50 as torchvision builds them (stages of 64/128/256/512 planes), for any norm and input."""
+    """ResNet-18/50 as torchvision builds them (stages of 64/128/256/512 planes), for any norm and
+    input."""
 
-    def __init__(self, depth: int, norm_layer: NormChoice, num_classes: int = 1000, in_channels: int = 3,
-                 small_stem: bool = False, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        depth: int,
+        norm_layer: NormChoice,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        small_stem: bool = False,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         if depth not in DEPTHS:
-            raise ValueError(f"ResNet depth {depth} is not built here; choose one of {sorted(DEPTHS)}")
+            raise ValueError(
+                f"ResNet depth {depth} is not built here; choose one of {sorted(DEPTHS)}"
+            )
         block_name, counts = DEPTHS[depth]
         block = BLOCKS[block_name]
         bias = norm_layer.conv_bias
@@ -144,40 +168,63 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_resnet(depth: int, options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-                 image_size: int) -> ResNet:
+def build_resnet(
+    depth: int,
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> ResNet:
     """Backbone builder for resnet18/resnet50 (options: stem, activation, zero_init_residual)."""
     name = f"resnet{depth}"
     small = resolve_stem(name, options.get("stem", "auto"), image_size)
     check_final_size(name, image_size, 8 if small else 32, None if small else "backbone.stem=small")
-    model = ResNet(depth, norm_layer, num_classes, in_channels, small_stem=small,
-                   activation=options.get("activation", "relu"))
+    model = ResNet(
+        depth,
+        norm_layer,
+        num_classes,
+        in_channels,
+        small_stem=small,
+        activation=options.get("activation", "relu"),
+    )
     if parse_bool(name, "zero_init_residual", options.get("zero_init_residual", False)):
-        zero_init_last_norms(name, (m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))),
-                             norm_layer)
+        zero_init_last_norms(
+            name,
+            (m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))),
+            norm_layer,
+        )
     return model
 
 
 # ---- helpers shared by the CNN backbones ----
 
-def norm_and_act(norm_layer: NormChoice, channels: int, activation: str) -> tuple[nn.Module, nn.Module]:
-    """(norm, activation) for a norm+activation position; the activation is nn.Identity when the norm
-    carries its own (FRN+TLU, EvoNorm), so module names and Sequential indices do not depend on the norm."""
+
+def norm_and_act(
+    norm_layer: NormChoice, channels: int, activation: str
+) -> tuple[nn.Module, nn.Module]:
+    """(norm, activation) for a norm+activation position; the activation is nn.Identity when the
+    norm carries its own (FRN+TLU, EvoNorm), so module names and Sequential indices do not depend on
+    the norm."""
     modules = norm_layer.norm_act(channels, activation)
     return modules[0], (modules[1] if len(modules) > 1 else nn.Identity())
 
 
 def zero_init_last_norms(backbone: str, blocks: Iterable[nn.Module], norm_layer: NormChoice) -> int:
-    """The GN paper's option (after Goyal et al. 2017): gamma = 0 in the last norm of every residual block,
-    so each block starts as the identity. Raises ValueError when that norm has no learnable scale."""
+    """The GN paper's option (after Goyal et al. 2017): gamma = 0 in the last norm of every residual
+    block, so each block starts as the identity. Raises ValueError when that norm has no learnable
+    scale."""
     count = 0
     for block in blocks:
         weight = getattr(block.last_norm, "weight", None)
         if not isinstance(weight, nn.Parameter):
             raise ValueError(
-                f"backbone.zero_init_residual=true sets the scale (gamma, `weight`) of the last norm in each "
+                "backbone.zero_init_residual=true sets the scale (gamma, `weight`) of "
+                "the last norm in each "
                 f"residual block to 0, but norm={norm_layer.name} has no learnable scale there "
-                f"({type(block.last_norm).__name__}) in {backbone}: set backbone.zero_init_residual=false")
+                f"({type(block.last_norm).__name__}) in {backbone}: set "
+                "backbone.zero_init_residual=false"
+            )
         with torch.no_grad():
             weight.zero_()
         count += 1
@@ -187,36 +234,52 @@ def zero_init_last_norms(backbone: str, blocks: Iterable[nn.Module], norm_layer:
 def resolve_stem(backbone: str, stem: Any, image_size: int) -> bool:
     """True for the small-image stem: stem="small", or "auto" with images <= 64 px."""
     if stem not in STEMS:
-        raise ValueError(f"unknown {backbone} stem {stem!r}; choose one of {', '.join(STEMS)} "
-                         f"(auto: small for images <= {SMALL_IMAGE_MAX} px, imagenet above)")
+        raise ValueError(
+            f"unknown {backbone} stem {stem!r}; choose one of {', '.join(STEMS)} "
+            f"(auto: small for images <= {SMALL_IMAGE_MAX} px, imagenet above)"
+        )
     return stem == "small" or (stem == "auto" and image_size <= SMALL_IMAGE_MAX)
 
 
 def final_size(image_size: int, total_stride: int) -> int:
-    """Side of the last feature map: every stride-2 conv/pool here (3x3 pad 1, 7x7 pad 3) gives ceil(n/2)."""
+    """Side of the last feature map: every stride-2 conv/pool here (3x3 pad 1, 7x7 pad 3) gives
+    ceil(n/2)."""
     size = image_size
     while total_stride > 1:
         size, total_stride = -(-size // 2), total_stride // 2
     return size
 
 
-def check_final_size(backbone: str, image_size: int, total_stride: int, alternative: str | None = None) -> None:
-    """The last stage must see at least 2x2 positions: on a 1x1 map instance-style norms (IN, GN with one
-    channel per group) have a single value per channel to normalize."""
+def check_final_size(
+    backbone: str, image_size: int, total_stride: int, alternative: str | None = None
+) -> None:
+    """The last stage must see at least 2x2 positions: on a 1x1 map instance-style norms (IN, GN
+    with one channel per group) have a single value per channel to normalize."""
     side = final_size(max(image_size, 1), total_stride)
     if image_size < 1 or side < 2:
         hint = f" or {alternative}" if alternative else ""
-        raise ValueError(f"{backbone} downsamples {total_stride}x: {image_size} px images leave a {side}x{side} "
-                         f"final feature map; use images of at least {total_stride + 1} px{hint}")
+        raise ValueError(
+            f"{backbone} downsamples {total_stride}x: {image_size} px images leave a "
+            f"{side}x{side} "
+            f"final feature map; use images of at least {total_stride + 1} px{hint}"
+        )
 
 
-def he_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-            bias: bool = False) -> nn.Conv2d:
-    """nn.Conv2d with He et al.'s (ICCV 2015) normal init (fan_out, ReLU gain), as in the ResNet paper and
-    torchvision; the bias (norm=none only) starts at 0. Made with skip_init, so torch's default init (as costly
-    as this one: 23M numbers for ResNet-50) is not drawn first only to be overwritten."""
-    conv = nn.utils.skip_init(nn.Conv2d, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                              bias=bias)
+def he_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = False,
+) -> nn.Conv2d:
+    """nn.Conv2d with He et al.'s (ICCV 2015) normal init (fan_out, ReLU gain), as in the ResNet
+    paper and torchvision; the bias (norm=none only) starts at 0. Made with skip_init, so torch's
+    default init (as costly as this one: 23M numbers for ResNet-50) is not drawn first only to be
+    overwritten."""
+    conv = nn.utils.skip_init(
+        nn.Conv2d, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
+    )
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)

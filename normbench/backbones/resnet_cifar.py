@@ -1,16 +1,19 @@
-"""The CIFAR ResNets of He et al. (CVPR 2016, section 4.2): resnet20, resnet32, resnet44, resnet56, resnet110...
+"""The CIFAR ResNets of He et al. (CVPR 2016, section 4.2): resnet20, resnet32, resnet44, resnet56,
+resnet110...
 
-A 3x3 conv with 16 filters, then three stages of n basic blocks on 16, 32 and 64 channels (the first block of
-stages 2 and 3 halves the map with stride 2), global average pooling and a fully connected layer: 6n + 2
-layers with weights. Where a block changes shape the shortcut is the paper's option A by default -- the
-input subsampled by 2 and zero-padded with the new channels, no parameters (0.27M parameters for resnet20,
-0.85M for resnet56, as in the paper's Table 6) -- or option B, a 1x1 projection conv + norm.
+A 3x3 conv with 16 filters, then three stages of n basic blocks on 16, 32 and 64 channels (the first
+block of stages 2 and 3 halves the map with stride 2), global average pooling and a fully connected
+layer: 6n + 2 layers with weights. Where a block changes shape the shortcut is the paper's option A
+by default -- the input subsampled by 2 and zero-padded with the new channels, no parameters (0.27M
+parameters for resnet20, 0.85M for resnet56, as in the paper's Table 6) -- or option B, a 1x1
+projection conv + norm.
 
 Norm placement and names follow resnet.py: conv1, bn1, act1, layer1..layer3, avgpool, fc; blocks
-conv1/bn1/act1/conv2/bn2/shortcut/act_out, where `act1` is nn.Identity for a norm carrying its own activation
-(FRN+TLU, EvoNorm) and `act_out` (after the addition) is always the activation. `bn2` and option B's shortcut
-norm have no activation after them in the paper: they are `norm_layer.norm_only(...)`, i.e. FRN without TLU and
-EvoNorm without its nonlinearity for those norms.
+conv1/bn1/act1/conv2/bn2/shortcut/act_out, where `act1` is nn.Identity for a norm carrying its own
+activation (FRN+TLU, EvoNorm) and `act_out` (after the addition) is always the activation. `bn2` and
+option B's shortcut norm have no activation after them in the paper: they are
+`norm_layer.norm_only(...)`, i.e. FRN without TLU and EvoNorm without its nonlinearity for those
+norms.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class PadShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
     def extra_repr(self) -> str:
@@ -47,8 +50,15 @@ class PadShortcut(nn.Module):
 class CifarBasicBlock(nn.Module):
     """conv3x3 -> norm -> act -> conv3x3 -> norm, + shortcut, -> act."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str,
-                 shortcut: str) -> None:
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        norm_layer: NormChoice,
+        activation: str,
+        shortcut: str,
+    ) -> None:
         super().__init__()
         bias = norm_layer.conv_bias
         self.conv1 = he_conv(in_planes, planes, 3, stride=stride, padding=1, bias=bias)
@@ -60,8 +70,10 @@ class CifarBasicBlock(nn.Module):
         elif shortcut == "A":
             self.shortcut = PadShortcut(stride, planes - in_planes)
         else:
-            self.shortcut = nn.Sequential(he_conv(in_planes, planes, 1, stride=stride, bias=bias),
-                                          norm_layer.norm_only(planes))
+            self.shortcut = nn.Sequential(
+                he_conv(in_planes, planes, 1, stride=stride, bias=bias),
+                norm_layer.norm_only(planes),
+            )
         self.act_out = make_activation(activation)
 
     @property
@@ -75,15 +87,26 @@ class CifarBasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for small images; any input channels and square size >= 5 px (32 px in the paper)."""
+    """ResNet-(6n+2) for small images; any input channels and square size >= 5 px (32 px in the
+    paper)."""
 
-    def __init__(self, depth: int, norm_layer: NormChoice, num_classes: int = 10, in_channels: int = 3,
-                 activation: str = "relu", shortcut: str = "A") -> None:
+    def __init__(
+        self,
+        depth: int,
+        norm_layer: NormChoice,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        activation: str = "relu",
+        shortcut: str = "A",
+    ) -> None:
         super().__init__()
         blocks_per_stage = check_depth(depth)
         if shortcut not in SHORTCUTS:
-            raise ValueError(f"unknown CIFAR ResNet shortcut {shortcut!r}; choose A (zero-padding identity, the "
-                             f"paper's CIFAR choice) or B (1x1 projection conv + norm)")
+            raise ValueError(
+                f"unknown CIFAR ResNet shortcut {shortcut!r}; choose A (zero-padding "
+                "identity, the "
+                f"paper's CIFAR choice) or B (1x1 projection conv + norm)"
+            )
         self.depth = depth
         self.conv1 = he_conv(in_channels, 16, 3, padding=1, bias=norm_layer.conv_bias)
         self.bn1, self.act1 = norm_and_act(norm_layer, 16, activation)
@@ -92,7 +115,9 @@ class CifarResNet(nn.Module):
             blocks = []
             for i in range(blocks_per_stage):
                 stride = 2 if (i == 0 and index > 1) else 1
-                blocks.append(CifarBasicBlock(in_planes, planes, stride, norm_layer, activation, shortcut))
+                blocks.append(
+                    CifarBasicBlock(in_planes, planes, stride, norm_layer, activation, shortcut)
+                )
                 in_planes = planes
             setattr(self, f"layer{index}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -107,19 +132,36 @@ class CifarResNet(nn.Module):
 def check_depth(depth: Any) -> int:
     """n blocks per stage for depth 6n + 2 (20, 32, 44, 56, 110, ...)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth!r}")
+        raise ValueError(
+            f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth!r}"
+        )
     return (depth - 2) // 6
 
 
-def build_cifar_resnet(default_depth: int, options: dict[str, Any], norm_layer: NormChoice, num_classes: int,
-                       in_channels: int, image_size: int) -> CifarResNet:
-    """Backbone builder for resnet20/resnet56 (options: depth, shortcut, activation, zero_init_residual)."""
+def build_cifar_resnet(
+    default_depth: int,
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> CifarResNet:
+    """Backbone builder for resnet20/resnet56 (options: depth, shortcut, activation,
+    zero_init_residual)."""
     depth = options.get("depth", default_depth)
     name = options.get("name", f"resnet{default_depth}")
     check_depth(depth)
     check_final_size(name, image_size, 4)
-    model = CifarResNet(depth, norm_layer, num_classes, in_channels, activation=options.get("activation", "relu"),
-                        shortcut=str(options.get("shortcut", "A")).upper())
+    model = CifarResNet(
+        depth,
+        norm_layer,
+        num_classes,
+        in_channels,
+        activation=options.get("activation", "relu"),
+        shortcut=str(options.get("shortcut", "A")).upper(),
+    )
     if parse_bool(name, "zero_init_residual", options.get("zero_init_residual", False)):
-        zero_init_last_norms(name, (m for m in model.modules() if isinstance(m, CifarBasicBlock)), norm_layer)
+        zero_init_last_norms(
+            name, (m for m in model.modules() if isinstance(m, CifarBasicBlock)), norm_layer
+        )
     return model

@@ -1,25 +1,28 @@
 """ShuffleNet V2 (Ma et al., ECCV 2018) with any norm of normbench.
 
-torchvision's `ShuffleNetV2` hard-codes nn.BatchNorm2d, so this is our own module with torchvision's layout:
-conv1 (3x3 stride 2, 24 channels, norm, act) -> maxpool (3x3 stride 2) -> stage2/3/4 (4/8/4 units, the first
-of each with stride 2) -> conv5 (1x1, norm, act) -> global average pool -> fc. Stage widths per `width`
-(the paper's Table 5): 0.5 -> 48/96/192/1024, 1.0 -> 116/232/464/1024, 1.5 -> 176/352/704/1024,
-2.0 -> 244/488/976/2048. Module names and Sequential indices equal torchvision's (conv1.0, conv1.1,
-stage2.0.branch1.0, ..., stage2.0.branch2.7, conv5.1, fc), so with BN the state_dict keys, shapes and
-parameter count equal torchvision's `shufflenet_v2_x0_5` / `x1_0` / `x1_5` / `x2_0` and its weights load.
+torchvision's `ShuffleNetV2` hard-codes nn.BatchNorm2d, so this is our own module with torchvision's
+layout: conv1 (3x3 stride 2, 24 channels, norm, act) -> maxpool (3x3 stride 2) -> stage2/3/4 (4/8/4
+units, the first of each with stride 2) -> conv5 (1x1, norm, act) -> global average pool -> fc.
+Stage widths per `width` (the paper's Table 5): 0.5 -> 48/96/192/1024, 1.0 -> 116/232/464/1024, 1.5
+-> 176/352/704/1024, 2.0 -> 244/488/976/2048. Module names and Sequential indices equal
+torchvision's (conv1.0, conv1.1, stage2.0.branch1.0, ..., stage2.0.branch2.7, conv5.1, fc), so with
+BN the state_dict keys, shapes and parameter count equal torchvision's `shufflenet_v2_x0_5` / `x1_0`
+/ `x1_5` / `x2_0` and its weights load.
 
-Each norm+ReLU pair is `norm_layer.norm_act(...)`; for a norm carrying its own activation (FRN+TLU, EvoNorm)
-the ReLU slot holds nn.Identity, so the indices stay torchvision's. Norms that torchvision does not follow by
-a ReLU (after each depthwise conv: the paper's units keep those linear) are `norm_layer.norm_only(...)`: for
-FRN/EvoNorm their activation-free form (FRN without TLU, EvoNorm without its nonlinearity).
+Each norm+ReLU pair is `norm_layer.norm_act(...)`; for a norm carrying its own activation (FRN+TLU,
+EvoNorm) the ReLU slot holds nn.Identity, so the indices stay torchvision's. Norms that torchvision
+does not follow by a ReLU (after each depthwise conv: the paper's units keep those linear) are
+`norm_layer.norm_only(...)`: for FRN/EvoNorm their activation-free form (FRN without TLU, EvoNorm
+without its nonlinearity).
 
-Small images (<= 64 px with stem="auto", or stem="small"): conv1 has stride 1 and there is no max-pool (total
-stride 8 instead of 32: a 32 px CIFAR image leaves a 4x4 map for stage 4). The conv1 weights have the same
-shape either way, so the parameter count is the same for both stems.
+Small images (<= 64 px with stem="auto", or stem="small"): conv1 has stride 1 and there is no
+max-pool (total stride 8 instead of 32: a 32 px CIFAR image leaves a 4x4 map for stage 4). The conv1
+weights have the same shape either way, so the parameter count is the same for both stems.
 
-`zero_init_residual` is not offered: ShuffleNet V2 units have no residual addition -- a stride-1 unit
-concatenates an untouched half of the channels with a branch that ends in norm + ReLU, and a zero scale there
-makes the ReLU input exactly 0, where its gradient is 0, so the branch would never train.
+`zero_init_residual` is not offered: ShuffleNet V2 units have no residual addition -- a stride-1
+unit concatenates an untouched half of the channels with a branch that ends in norm + ReLU, and a
+zero scale there makes the ReLU input exactly 0, where its gradient is 0, so the branch would never
+train.
 """
 
 from __future__ import annotations
@@ -32,14 +35,19 @@ from torch import nn
 from .norm_choice import NormChoice
 from .resnet import check_final_size, norm_and_act, parse_bool, resolve_stem
 
-STAGE_CHANNELS = {0.5: (48, 96, 192, 1024), 1.0: (116, 232, 464, 1024), 1.5: (176, 352, 704, 1024),
-                  2.0: (244, 488, 976, 2048)}
+STAGE_CHANNELS = {
+    0.5: (48, 96, 192, 1024),
+    1.0: (116, 232, 464, 1024),
+    1.5: (176, 352, 704, 1024),
+    2.0: (244, 488, 976, 2048),
+}
 STAGE_UNITS = (4, 8, 4)
 STEM_CHANNELS = 24
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
-    """(N, g*k, H, W) -> channels reordered as k groups of g, so the two halves of a unit interleave."""
+    """(N, g*k, H, W) -> channels reordered as k groups of g, so the two halves of a unit
+    interleave."""
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
@@ -47,25 +55,41 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
 class ShuffleUnit(nn.Module):
     """The ShuffleNet V2 unit (torchvision's `InvertedResidual`).
 
-    stride 1: split the channels in two halves, keep the first, run branch2 on the second, concatenate;
-    stride 2: branch1 (3x3 depthwise stride 2 -> norm -> 1x1 -> norm -> act) and branch2 both see the whole
-    input, doubling the channels. branch2 = 1x1 -> norm -> act -> 3x3 depthwise -> norm -> 1x1 -> norm -> act.
-    Then a channel shuffle with 2 groups.
+    stride 1: split the channels in two halves, keep the first, run branch2 on the second,
+    concatenate; stride 2: branch1 (3x3 depthwise stride 2 -> norm -> 1x1 -> norm -> act) and
+    branch2 both see the whole input, doubling the channels. branch2 = 1x1 -> norm -> act -> 3x3
+    depthwise -> norm -> 1x1 -> norm -> act. Then a channel shuffle with 2 groups.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_layer: NormChoice,
-                 activation: str) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm_layer: NormChoice,
+        activation: str,
+    ) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"ShuffleNet V2 unit stride must be 1 or 2, got {stride}")
         branch = out_channels // 2
         if stride == 1 and in_channels != 2 * branch:
-            raise ValueError(f"a stride-1 ShuffleNet V2 unit keeps its width: {in_channels} != {out_channels}")
+            raise ValueError(
+                f"a stride-1 ShuffleNet V2 unit keeps its width: {in_channels} != {out_channels}"
+            )
         self.stride = stride
         bias = norm_layer.conv_bias
         if stride > 1:
             self.branch1 = nn.Sequential(
-                nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=bias),
+                nn.Conv2d(
+                    in_channels,
+                    in_channels,
+                    3,
+                    stride=stride,
+                    padding=1,
+                    groups=in_channels,
+                    bias=bias,
+                ),
                 norm_layer.norm_only(in_channels),  # no ReLU after the depthwise conv
                 nn.Conv2d(in_channels, branch, 1, bias=bias),
                 *norm_and_act(norm_layer, branch, activation),
@@ -91,8 +115,15 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
-    def __init__(self, norm_layer: NormChoice, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
-                 small_stem: bool = False, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        norm_layer: NormChoice,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: float = 1.0,
+        small_stem: bool = False,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         width = check_width(width)
         *stage_channels, last_channels = STAGE_CHANNELS[width]
@@ -100,18 +131,25 @@ class ShuffleNetV2(nn.Module):
         self.width = width
         self.small_stem = small_stem
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, STEM_CHANNELS, 3, stride=1 if small_stem else 2, padding=1, bias=bias),
+            nn.Conv2d(
+                in_channels, STEM_CHANNELS, 3, stride=1 if small_stem else 2, padding=1, bias=bias
+            ),
             *norm_and_act(norm_layer, STEM_CHANNELS, activation),
         )
         self.maxpool = nn.Identity() if small_stem else nn.MaxPool2d(3, stride=2, padding=1)
         channels = STEM_CHANNELS
         for index, (out_channels, units) in enumerate(zip(stage_channels, STAGE_UNITS), start=2):
             stage = [ShuffleUnit(channels, out_channels, 2, norm_layer, activation)]
-            stage += [ShuffleUnit(out_channels, out_channels, 1, norm_layer, activation) for _ in range(units - 1)]
+            stage += [
+                ShuffleUnit(out_channels, out_channels, 1, norm_layer, activation)
+                for _ in range(units - 1)
+            ]
             setattr(self, f"stage{index}", nn.Sequential(*stage))
             channels = out_channels
-        self.conv5 = nn.Sequential(nn.Conv2d(channels, last_channels, 1, bias=bias),
-                                   *norm_and_act(norm_layer, last_channels, activation))
+        self.conv5 = nn.Sequential(
+            nn.Conv2d(channels, last_channels, 1, bias=bias),
+            *norm_and_act(norm_layer, last_channels, activation),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(last_channels, num_classes)
 
@@ -123,21 +161,45 @@ class ShuffleNetV2(nn.Module):
 
 def check_width(width: Any) -> float:
     widths = ", ".join(str(w) for w in STAGE_CHANNELS)
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or float(width) not in STAGE_CHANNELS:
-        raise ValueError(f"unknown shufflenet_v2 width {width!r}; choose one of {widths} "
-                         f"(the ShuffleNet V2 paper's 0.5x/1x/1.5x/2x, Table 5)")
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, (int, float))
+        or float(width) not in STAGE_CHANNELS
+    ):
+        raise ValueError(
+            f"unknown shufflenet_v2 width {width!r}; choose one of {widths} "
+            f"(the ShuffleNet V2 paper's 0.5x/1x/1.5x/2x, Table 5)"
+        )
     return float(width)
 
 
-def build_shufflenet_v2(options: dict[str, Any], norm_layer: NormChoice, num_classes: int, in_channels: int,
-                        image_size: int) -> ShuffleNetV2:
-    """Backbone builder for shufflenet_v2 (options: width, stem, activation, zero_init_residual=false)."""
+def build_shufflenet_v2(
+    options: dict[str, Any],
+    norm_layer: NormChoice,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+) -> ShuffleNetV2:
+    """Backbone builder for shufflenet_v2 (options: width, stem, activation,
+    zero_init_residual=false)."""
     width = check_width(options.get("width", 1.0))
     if parse_bool("shufflenet_v2", "zero_init_residual", options.get("zero_init_residual", False)):
-        raise ValueError("backbone.zero_init_residual=true is for ResNets: shufflenet_v2 has no residual addition "
-                         "(its units concatenate), and a zero scale before its ReLUs would stop the branch "
-                         "from training; set backbone.zero_init_residual=false")
+        raise ValueError(
+            "backbone.zero_init_residual=true is for ResNets: shufflenet_v2 has no "
+            "residual addition "
+            "(its units concatenate), and a zero scale before its ReLUs "
+            "would stop the branch "
+            "from training; set backbone.zero_init_residual=false"
+        )
     small = resolve_stem("shufflenet_v2", options.get("stem", "auto"), image_size)
-    check_final_size("shufflenet_v2", image_size, 8 if small else 32, None if small else "backbone.stem=small")
-    return ShuffleNetV2(norm_layer, num_classes, in_channels, width, small_stem=small,
-                        activation=options.get("activation", "relu"))
+    check_final_size(
+        "shufflenet_v2", image_size, 8 if small else 32, None if small else "backbone.stem=small"
+    )
+    return ShuffleNetV2(
+        norm_layer,
+        num_classes,
+        in_channels,
+        width,
+        small_stem=small,
+        activation=options.get("activation", "relu"),
+    )

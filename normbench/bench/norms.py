@@ -1,15 +1,17 @@
-"""Per-norm cost of a ResNet-18 training step (forward + backward + SGD step) relative to BN: median step
-time with all models' steps interleaved in one process, and the memory the step needs for its activations.
+"""Per-norm cost of a ResNet-18 training step (forward + backward + SGD step) relative to BN: median
+step time with all models' steps interleaved in one process, and the memory the step needs for its
+activations.
 
-Memory, honestly named: `saved_mb` is the size of the distinct tensors autograd saves for the backward pass
-(torch.autograd.graph.saved_tensors_hooks, storages counted once, parameters left out) -- the activation
-memory a norm adds, measured the same way on any device. On CUDA `peak_mb` is also reported: the peak of
-torch.cuda.max_memory_allocated during one step above what was allocated before it (activations, the
-temporaries of every kernel, gradients being formed)."""
+Memory, honestly named: `saved_mb` is the size of the distinct tensors autograd saves for the
+backward pass (torch.autograd.graph.saved_tensors_hooks, storages counted once, parameters left out)
+-- the activation memory a norm adds, measured the same way on any device. On CUDA `peak_mb` is also
+reported: the peak of torch.cuda.max_memory_allocated during one step above what was allocated
+before it (activations, the temporaries of every kernel, gradients being formed)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +28,9 @@ MAX_OVER_BN = 1.3  # the issue's target for every norm's step on ResNet-18
 
 
 def fast_forward(model: nn.Module) -> None:
-    """Move every MABN layer past its warm-up and fixed-r phases to its most expensive one (moving averages
-    both ways, clipped r): the counters are set through load_state_dict, exactly as a resumed run continues;
-    the rings keep the statistics of the steps already taken."""
+    """Move every MABN layer past its warm-up and fixed-r phases to its most expensive one (moving
+    averages both ways, clipped r): the counters are set through load_state_dict, exactly as a
+    resumed run continues; the rings keep the statistics of the steps already taken."""
     for layer in model.modules():
         if isinstance(layer, MovingAverageBatchNorm):
             state = layer.state_dict()
@@ -38,20 +40,30 @@ def fast_forward(model: nn.Module) -> None:
             layer.load_state_dict(state)
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              autocast: Callable[[], Any]) -> Callable[[], None]:
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: Callable[[], Any],
+) -> Callable[[], None]:
     """One training step as train_epoch takes it."""
+
     def step() -> None:
         with autocast():
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
-def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any]) -> int:
-    """Bytes of the distinct non-parameter tensors autograd keeps for backward in one training forward."""
+def saved_bytes(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Callable[[], Any]
+) -> int:
+    """Bytes of the distinct non-parameter tensors autograd keeps for backward in one training
+    forward."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -80,10 +92,18 @@ def peak_step_bytes(step: Callable[[], None], device: torch.device) -> int | Non
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def bench_norms(device: torch.device, names: list[str], batch: int, image_size: int, repeats: int,
-                fast: list[str], warmup: int = 2) -> dict[str, Any]:
-    """Every norm of `names` (BN first, the reference) on ResNet-18 (3-channel `image_size` px input, small
-    stem, 10 classes) at `batch` images; `fast` are fast-path overrides (amp=true, channels_last=true, ...)."""
+def bench_norms(
+    device: torch.device,
+    names: list[str],
+    batch: int,
+    image_size: int,
+    repeats: int,
+    fast: list[str],
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Every norm of `names` (BN first, the reference) on ResNet-18 (3-channel `image_size` px
+    input, small stem, 10 classes) at `batch` images; `fast` are fast-path overrides (amp=true,
+    channels_last=true, ...)."""
     names = ["bn"] + [name for name in names if name != "bn"]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
@@ -91,15 +111,26 @@ def bench_norms(device: torch.device, names: list[str], batch: int, image_size: 
     steps, models, memory = {}, {}, {}
     failed: dict[str, str] = {}
     for name in names:
-        cfg = compose(["backbone=resnet18", f"norm={name}", "data=synthetic", f"data.image_size={image_size}",
-                       "data.in_channels=3", "log.progress=none", *fast])
+        cfg = compose(
+            [
+                "backbone=resnet18",
+                f"norm={name}",
+                "data=synthetic",
+                f"data.image_size={image_size}",
+                "data.in_channels=3",
+                "log.progress=none",
+                *fast,
+            ]
+        )
         torch.manual_seed(0)
         model, norm_layer = build_model(cfg)
         model.to(device).train()
         path = prepare_model(model, cfg, device)
         optimizer = build_optimizer(model, norm_layer.built, cfg, 0.01)
         step = make_step(path.model, optimizer, x, y, path.autocast)
-        try:  # the first step compiles under compile=...: a norm the fast path cannot run is reported, not fatal
+        # the first step compiles under compile=...: a norm the fast path cannot run is reported,
+        # not fatal
+        try:
             memory[name] = saved_bytes(model, x, y, path.autocast)  # eager, before any timing
             step()
         except Exception as error:
@@ -118,20 +149,35 @@ def bench_norms(device: torch.device, names: list[str], batch: int, image_size: 
     times = interleaved(steps, repeats, sync, warmup=warmup, after_warmup=to_expensive_phase)
     peaks = {name: peak_step_bytes(step, device) for name, step in steps.items()}
     med, cpu = times.median("wall"), times.median("cpu")
-    judged = cpu if device.type == "cpu" else med  # see timing: CPU time is immune to other processes' load
+    # see timing: CPU time is immune to other processes' load
+    judged = cpu if device.type == "cpu" else med
     rows = []
     for name in names:
         if name in failed:
             rows.append({"norm": name, "error": failed[name], "pass": False})
             continue
         ratio = judged[name] / judged["bn"]
-        rows.append({"norm": name, "ms_per_step": med[name] * 1e3, "cpu_ms_per_step": cpu[name] * 1e3,
-                     "all_ms": [t * 1e3 for t in times.wall[name]], "over_bn": ratio,
-                     "over_bn_wall": med[name] / med["bn"], "over_bn_cpu": cpu[name] / cpu["bn"],
-                     "pass": ratio <= MAX_OVER_BN if name != "bn" else None,
-                     "saved_mb": memory[name] / 2**20, "saved_over_bn": memory[name] / memory["bn"],
-                     "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,
-                     "peak_over_bn": None if peaks[name] is None else peaks[name] / peaks["bn"]})
-    return {"model": f"ResNet-18 (small stem), 3x{image_size}x{image_size} input, batch {batch}",
-            "fast_path": fast, "repeats": repeats, "target_over_bn": MAX_OVER_BN,
-            "judged_on": "cpu" if device.type == "cpu" else "wall", "rows": rows}
+        rows.append(
+            {
+                "norm": name,
+                "ms_per_step": med[name] * 1e3,
+                "cpu_ms_per_step": cpu[name] * 1e3,
+                "all_ms": [t * 1e3 for t in times.wall[name]],
+                "over_bn": ratio,
+                "over_bn_wall": med[name] / med["bn"],
+                "over_bn_cpu": cpu[name] / cpu["bn"],
+                "pass": ratio <= MAX_OVER_BN if name != "bn" else None,
+                "saved_mb": memory[name] / 2**20,
+                "saved_over_bn": memory[name] / memory["bn"],
+                "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,
+                "peak_over_bn": None if peaks[name] is None else peaks[name] / peaks["bn"],
+            }
+        )
+    return {
+        "model": f"ResNet-18 (small stem), 3x{image_size}x{image_size} input, batch {batch}",
+        "fast_path": fast,
+        "repeats": repeats,
+        "target_over_bn": MAX_OVER_BN,
+        "judged_on": "cpu" if device.type == "cpu" else "wall",
+        "rows": rows,
+    }

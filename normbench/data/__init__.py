@@ -3,39 +3,58 @@ the helpers the loaders share (config values, stratified subsets, normalization)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from normbench.errors import UserError
 
-__all__ = ["DATASETS", "DataSource", "DataSpec", "Shard", "TensorData", "load_data", "stratified_subset",
-           "tensor_batches"]
+__all__ = [
+    "DATASETS",
+    "DataSource",
+    "DataSpec",
+    "Shard",
+    "TensorData",
+    "load_data",
+    "stratified_subset",
+    "tensor_batches",
+]
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, C, H, W) float32 on the device, targets (B,) int64)
+# (inputs (B, C, H, W) float32 on the device, targets (B,) int64)
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's part of each epoch in a data-parallel run of `world` processes (normbench.distributed).
+    """This process's part of each epoch in a data-parallel run of `world` processes
+    (normbench.distributed).
 
-    Every process draws the same epoch order; it is cut into consecutive chunks of `accum * batch` images,
-    one chunk per process per SGD step, and process `rank` takes chunks rank, rank + world, ... So at SGD
-    step k the processes together train on the images one process with accum * world micro-batches takes
-    at step k, and each micro-batch here is exactly one of its micro-batches (same images, same order)."""
+    Every process draws the same epoch order; it is cut into consecutive chunks of `accum * batch`
+    images, one chunk per process per SGD step, and process `rank` takes chunks rank, rank + world,
+    ... So at SGD step k the processes together train on the images one process with accum * world
+    micro-batches takes at step k, and each micro-batch here is exactly one of its micro-batches
+    (same images, same order)."""
 
     rank: int
     world: int
     accum: int
 
     def positions(self, count: int, batch: int) -> torch.Tensor:
-        """Positions in the epoch order (int64, ascending) of this process's `count` micro-batches of `batch`
-        images, `count` a multiple of `accum`; the epoch uses the first count * world * batch positions."""
+        """Positions in the epoch order (int64, ascending) of this process's `count` micro-batches
+        of `batch` images, `count` a multiple of `accum`; the epoch uses the first count * world *
+        batch positions."""
         if count % self.accum:
-            raise ValueError(f"{count} micro-batches do not make whole SGD steps of accum={self.accum}")
+            raise ValueError(
+                f"{count} micro-batches do not make whole SGD steps of accum={self.accum}"
+            )
         chunk, steps = self.accum * batch, count // self.accum
-        return torch.arange(steps * self.world * chunk).view(steps, self.world, chunk)[:, self.rank].reshape(-1)
+        return (
+            torch.arange(steps * self.world * chunk)
+            .view(steps, self.world, chunk)[:, self.rank]
+            .reshape(-1)
+        )
 
 
 class DataSource(Protocol):
@@ -45,7 +64,7 @@ class DataSource(Protocol):
     num_classes: int
     in_channels: int
     image_size: int
-    source: str              # where the data was read from
+    source: str  # where the data was read from
 
     @property
     def train_size(self) -> int: ...
@@ -54,15 +73,17 @@ class DataSource(Protocol):
     @property
     def device(self) -> torch.device: ...
     @property
-    def augmentation(self) -> str: ...   # "none", or what is done to training images
+    def augmentation(self) -> str: ...  # "none", or what is done to training images
     @property
-    def pipeline(self) -> str: ...       # how batches are made, for the record
+    def pipeline(self) -> str: ...  # how batches are made, for the record
 
-    def train_batches(self, batch: int, count: int, generator: torch.Generator,
-                      shard: Shard | None = None) -> Iterator[Batch]:
-        """`count` training micro-batches of exactly `batch` images in a fresh random order. All randomness
-        (order, augmentation) comes from `generator`, drawn when this is called (not lazily). With `shard`,
-        the order is drawn for all shard.world processes and this process's micro-batches are taken from it."""
+    def train_batches(
+        self, batch: int, count: int, generator: torch.Generator, shard: Shard | None = None
+    ) -> Iterator[Batch]:
+        """`count` training micro-batches of exactly `batch` images in a fresh random order. All
+        randomness (order, augmentation) comes from `generator`, drawn when this is called (not
+        lazily). With `shard`, the order is drawn for all shard.world processes and this process's
+        micro-batches are taken from it."""
 
     def test_batches(self, eval_batch: int) -> Iterator[Batch]:
         """The whole test set in a fixed order, in chunks of at most `eval_batch` images."""
@@ -71,14 +92,22 @@ class DataSource(Protocol):
         """Release worker processes, if any."""
 
 
-def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, count: int, generator: torch.Generator,
-                   augment: Any = None, shard: Shard | None = None) -> Iterator[Batch]:
-    """Micro-batches as slices of one permutation of (x, y), augmented on x's device when `augment` is set.
+def tensor_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    count: int,
+    generator: torch.Generator,
+    augment: Any = None,
+    shard: Shard | None = None,
+) -> Iterator[Batch]:
+    """Micro-batches as slices of one permutation of (x, y), augmented on x's device when `augment`
+    is set.
 
-    The permutation (and the augmentation parameters of every position in it) are drawn now from the CPU
-    `generator`, so the order is the same on any device; with `augment=None` nothing else is drawn.
-    With `shard`, both are drawn for the whole epoch of all processes (so every process's generator moves
-    alike) and this process's positions are kept.
+    The permutation (and the augmentation parameters of every position in it) are drawn now from the
+    CPU `generator`, so the order is the same on any device; with `augment=None` nothing else is
+    drawn. With `shard`, both are drawn for the whole epoch of all processes (so every process's
+    generator moves alike) and this process's positions are kept.
     """
     order = torch.randperm(x.shape[0], generator=generator)
     mine = None if shard is None else shard.positions(count, batch)
@@ -92,10 +121,10 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, count: int, gen
 
     def batches() -> Iterator[Batch]:
         for start in range(0, count * batch, batch):
-            index = order[start:start + batch]
+            index = order[start : start + batch]
             inputs = x[index]
             if augment is not None:
-                inputs = augment.apply(inputs, params[start:start + batch], fill)
+                inputs = augment.apply(inputs, params[start : start + batch], fill)
             yield inputs, y[index]
 
     return batches()
@@ -103,8 +132,8 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, count: int, gen
 
 @dataclass
 class TensorData:
-    """A whole data set as tensors on one device; images already normalized. Training batches are slices
-    of a permutation, augmented on the device (`augment`, an `augment.Augment` or None)."""
+    """A whole data set as tensors on one device; images already normalized. Training batches are
+    slices of a permutation, augmented on the device (`augment`, an `augment.Augment` or None)."""
 
     name: str
     train_x: torch.Tensor  # (N, C, H, W) float32
@@ -137,16 +166,20 @@ class TensorData:
     def pipeline(self) -> str:
         return f"tensors on {self.device.type}"
 
-    def train_batches(self, batch: int, count: int, generator: torch.Generator,
-                      shard: Shard | None = None) -> Iterator[Batch]:
-        return tensor_batches(self.train_x, self.train_y, batch, count, generator, self.augment, shard)
+    def train_batches(
+        self, batch: int, count: int, generator: torch.Generator, shard: Shard | None = None
+    ) -> Iterator[Batch]:
+        return tensor_batches(
+            self.train_x, self.train_y, batch, count, generator, self.augment, shard
+        )
 
     def test_batches(self, eval_batch: int) -> Iterator[Batch]:
         for start in range(0, self.test_size, eval_batch):
-            yield self.test_x[start:start + eval_batch], self.test_y[start:start + eval_batch]
+            yield self.test_x[start : start + eval_batch], self.test_y[start : start + eval_batch]
 
     def close(self) -> None:
-        """Nothing to release: the tensors go with the object (FolderData stops its loader workers here)."""
+        """Nothing to release: the tensors go with the object (FolderData stops its loader workers
+        here)."""
 
 
 @dataclass(frozen=True)
@@ -159,19 +192,25 @@ class DataSpec:
 
 # --- config helpers shared by the loaders (cfg is an OmegaConf DictConfig or a plain dict) ---
 
+
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     """`cfg[key]`, or `default` when the key is absent or null."""
     value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
     return default if value is None else value
 
 
-def cfg_int(cfg: Any, key: str, default: int | None = None, minimum: int | None = None) -> int | None:
-    """An integer config value (None stays None) at least `minimum`, else UserError naming the key."""
+def cfg_int(
+    cfg: Any, key: str, default: int | None = None, minimum: int | None = None
+) -> int | None:
+    """An integer config value (None stays None) at least `minimum`, else UserError naming the
+    key."""
     value = cfg_get(cfg, key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"data.{key} must be an integer, got {value!r}: set e.g. data.{key}={default or 1}")
+        raise UserError(
+            f"data.{key} must be an integer, got {value!r}: set e.g. data.{key}={default or 1}"
+        )
     if minimum is not None and value < minimum:
         raise UserError(f"data.{key}={value} is too small: use data.{key}>={minimum}")
     return value
@@ -181,7 +220,10 @@ def cfg_bool(cfg: Any, key: str, default: bool = False) -> bool:
     """A true/false config value, else UserError naming the key."""
     value = cfg_get(cfg, key, default)
     if not isinstance(value, bool):
-        raise UserError(f"data.{key} must be true or false, got {value!r}: e.g. data.{key}={str(default).lower()}")
+        raise UserError(
+            f"data.{key} must be true or false, got {value!r}: e.g. "
+            f"data.{key}={str(default).lower()}"
+        )
     return value
 
 
@@ -198,7 +240,10 @@ def cfg_floats(cfg: Any, key: str, length: int) -> list[float]:
     if len(floats) == 1 and length > 1:
         floats = floats * length
     if len(floats) != length:
-        raise UserError(f"data.{key} has {len(floats)} values but data.in_channels={length}: give one per channel")
+        raise UserError(
+            f"data.{key} has {len(floats)} values but data.in_channels={length}: give "
+            "one per channel"
+        )
     return floats
 
 
@@ -213,10 +258,14 @@ def cfg_mean_std(cfg: Any, channels: int) -> tuple[list[float], list[float]]:
 def check_fixed_shape(cfg: Any, title: str, in_channels: int, image_size: int) -> None:
     """A data set whose images have one shape: data.in_channels and data.image_size must say so."""
     if cfg_int(cfg, "in_channels", in_channels) != in_channels:
-        raise UserError(f"{title} images have {in_channels} channel{'s' * (in_channels > 1)}: "
-                        f"set data.in_channels={in_channels}")
+        raise UserError(
+            f"{title} images have {in_channels} channel{'s' * (in_channels > 1)}: "
+            f"set data.in_channels={in_channels}"
+        )
     if cfg_int(cfg, "image_size", image_size) != image_size:
-        raise UserError(f"{title} images are {image_size}x{image_size}: set data.image_size={image_size}")
+        raise UserError(
+            f"{title} images are {image_size}x{image_size}: set data.image_size={image_size}"
+        )
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, where: Any, fix: str) -> None:
@@ -226,9 +275,12 @@ def check_labels(labels: torch.Tensor, num_classes: int, where: Any, fix: str) -
         raise UserError(f"{where}: labels span [{low}, {high}], outside [0, {num_classes}): {fix}")
 
 
-def normalize(images: torch.Tensor, mean: list[float], std: list[float], device: torch.device) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 on `device` (moved as uint8: 4x less to copy), scaled to [0, 1] then
-    (x - mean) / std per channel: the same operations, in the same order, as ToTensor + Normalize."""
+def normalize(
+    images: torch.Tensor, mean: list[float], std: list[float], device: torch.device
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 on `device` (moved as uint8: 4x less to copy), scaled to [0, 1]
+    then (x - mean) / std per channel: the same operations, in the same order, as ToTensor +
+    Normalize."""
     x = images.to(device).to(torch.float32).div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -267,12 +319,20 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserError(f"data.subset_seed must be an integer, got {seed!r}")
     if size <= 0:
-        raise UserError(f"subset size {size} must be positive: use null for the whole set or a size >= 1")
+        raise UserError(
+            f"subset size {size} must be positive: use null for the whole set or a size >= 1"
+        )
     if size > n:
-        raise UserError(f"subset size {size} exceeds the {n} samples available: use at most {n}, or null for all")
+        raise UserError(
+            f"subset size {size} exceeds the {n} samples available: use at most {n}, "
+            "or null for all"
+        )
     classes, counts = torch.unique(lab, sorted=True, return_counts=True)
     if size < len(classes):
-        raise UserError(f"subset size {size} is smaller than the {len(classes)} classes: use at least {len(classes)}")
+        raise UserError(
+            f"subset size {size} is smaller than the {len(classes)} classes: use at "
+            f"least {len(classes)}"
+        )
     quota = counts * size // n
     remainder = counts * size - quota * n
     short = size - int(quota.sum())

@@ -1,8 +1,9 @@
-"""CIFAR-10 and CIFAR-100 (Krizhevsky 2009) from the python pickle batches that torchvision downloads
-(`cifar-10-batches-py/`, `cifar-100-python/`), read once into normalized tensors on the device.
+"""CIFAR-10 and CIFAR-100 (Krizhevsky 2009) from the python pickle batches that torchvision
+downloads (`cifar-10-batches-py/`, `cifar-100-python/`), read once into normalized tensors on the
+device.
 
-Looked up in data.root (and data.root/<folder>), else in ~/.cache/normbench/data; downloaded there by
-torchvision when data.download=true.
+Looked up in data.root (and data.root/<folder>), else in ~/.cache/normbench/data; downloaded there
+by torchvision when data.download=true.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from normbench.data import TensorData, cfg_bool, cfg_get, check_labels
 from normbench.data.tensor_set import load_image_set
 from normbench.errors import UserError
 
-DEFAULT_ROOT = Path("~/.cache/normbench/data")  # data.root=null: look here; data.download=true puts it here
+# data.root=null: look here; data.download=true puts it here
+DEFAULT_ROOT = Path("~/.cache/normbench/data")
 EXPECTED_COUNTS = {"train": 50000, "test": 10000}  # images per split, both data sets
 IMAGE_SIZE = 32
 IN_CHANNELS = 3
@@ -31,30 +33,49 @@ class CifarSet:
     name: str
     title: str
     description: str
-    folder: str                       # what the torchvision archive unpacks to, inside data.root
+    folder: str  # what the torchvision archive unpacks to, inside data.root
     files: dict[str, tuple[str, ...]]  # split -> pickle files
-    label_key: str                    # CIFAR-100: the 100 fine labels, not the 20 coarse ones
+    label_key: str  # CIFAR-100: the 100 fine labels, not the 20 coarse ones
     num_classes: int
     torchvision_class: str
 
 
 CIFAR10 = CifarSet(
-    "cifar10", "CIFAR-10", "CIFAR-10 (Krizhevsky 2009): 50k/10k 32x32 colour images, 10 classes",
-    "cifar-10-batches-py", {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
-    "labels", 10, "CIFAR10")
+    "cifar10",
+    "CIFAR-10",
+    "CIFAR-10 (Krizhevsky 2009): 50k/10k 32x32 colour images, 10 classes",
+    "cifar-10-batches-py",
+    {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+    "labels",
+    10,
+    "CIFAR10",
+)
 CIFAR100 = CifarSet(
-    "cifar100", "CIFAR-100", "CIFAR-100 (Krizhevsky 2009): 50k/10k 32x32 colour images, 100 fine classes",
-    "cifar-100-python", {"train": ("train",), "test": ("test",)}, "fine_labels", 100, "CIFAR100")
+    "cifar100",
+    "CIFAR-100",
+    "CIFAR-100 (Krizhevsky 2009): 50k/10k 32x32 colour images, 100 fine classes",
+    "cifar-100-python",
+    {"train": ("train",), "test": ("test",)},
+    "fine_labels",
+    100,
+    "CIFAR100",
+)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     """torchvision itself reads these files with plain pickle.load (they come from its checksummed
-    download). We only let through what a batch holds -- a dict of numpy arrays, lists and strings -- so a
-    file dropped into data.root cannot run code."""
+    download). We only let through what a batch holds -- a dict of numpy arrays, lists and strings
+    -- so a file dropped into data.root cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -67,17 +88,26 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     fix = "delete it and re-download (data.download=true)"
     try:
         with open(path, "rb") as handle:
-            entry = _ArrayUnpickler(handle, encoding="latin1").load()  # latin1: the files are Python 2 pickles
+            # latin1: the files are Python 2 pickles
+            entry = _ArrayUnpickler(handle, encoding="latin1").load()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror}): check its permissions") from None
     except Exception as e:  # truncated, not a pickle, unexpected content
-        raise UserError(f"{path}: not a CIFAR python batch ({type(e).__name__}: {e}): {fix}") from None
+        raise UserError(
+            f"{path}: not a CIFAR python batch ({type(e).__name__}: {e}): {fix}"
+        ) from None
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         keys = sorted(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
-        raise UserError(f"{path}: expected a dict with 'data' and '{label_key}', found {keys}: {fix}")
+        raise UserError(
+            f"{path}: expected a dict with 'data' and '{label_key}', found {keys}: {fix}"
+        )
     data = np.asarray(entry["data"])
     labels = np.asarray(entry[label_key])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IN_CHANNELS * IMAGE_SIZE * IMAGE_SIZE:
+    if (
+        data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != IN_CHANNELS * IMAGE_SIZE * IMAGE_SIZE
+    ):
         raise UserError(f"{path}: 'data' is {data.dtype} {data.shape}, not uint8 (n, 3072): {fix}")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{path}: {labels.shape} '{label_key}' for {data.shape[0]} images: {fix}")
@@ -96,16 +126,24 @@ def find_folder(root: Path, spec: CifarSet) -> Path | None:
 def download(root: Path, spec: CifarSet) -> Path:
     try:
         # import_module, not `from torchvision import datasets`: tests put a fake in sys.modules
-        dataset_class = getattr(importlib.import_module("torchvision.datasets"), spec.torchvision_class)
+        dataset_class = getattr(
+            importlib.import_module("torchvision.datasets"), spec.torchvision_class
+        )
         dataset_class(root=str(root), train=True, download=True)  # one archive holds both splits
     except Exception as e:  # network, disk, checksum: all fixable by the user
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"downloading {spec.title} into {root} failed ({message}): check the network, or "
-                        f"put {spec.folder}/ (from another machine) in data.root=DIR") from None
+        raise UserError(
+            f"downloading {spec.title} into {root} failed ({message}): check the "
+            "network, or "
+            f"put {spec.folder}/ (from another machine) in data.root=DIR"
+        ) from None
     folder = find_folder(root, spec)
     if folder is None:
-        raise UserError(f"torchvision downloaded {spec.title} but {root / spec.folder} lacks its batch files: "
-                        "delete that folder and retry")
+        raise UserError(
+            f"torchvision downloaded {spec.title} but {root / spec.folder} lacks its "
+            "batch files: "
+            "delete that folder and retry"
+        )
     return folder
 
 
@@ -119,35 +157,56 @@ def locate(cfg: Any, spec: CifarSet) -> Path:
         return download(root, spec)
     names = ", ".join(name for split in spec.files.values() for name in split)
     where = f"data.root={root}" if given is not None else f"{root} (or set data.root=DIR)"
-    raise UserError(f"{spec.title} not found: put {spec.folder}/ ({names}) in {where}, "
-                    f"or set data.download=true to fetch it with torchvision")
+    raise UserError(
+        f"{spec.title} not found: put {spec.folder}/ ({names}) in {where}, "
+        f"or set data.download=true to fetch it with torchvision"
+    )
 
 
-def read_split(folder: Path, split: str, num_classes: int, spec: CifarSet) -> tuple[torch.Tensor, torch.Tensor]:
+def read_split(
+    folder: Path, split: str, num_classes: int, spec: CifarSet
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, 3, 32, 32) and int64 labels (N,) of one split, checked."""
     batches = [read_batch(folder / name, spec.label_key) for name in spec.files[split]]
     data = np.concatenate([d for d, _ in batches])
-    labels = np.concatenate([l for _, l in batches])
+    labels = np.concatenate([labels for _, labels in batches])
     expected = EXPECTED_COUNTS[split]
     if data.shape[0] != expected:
-        raise UserError(f"{folder}: {data.shape[0]} {split} images where {spec.title} has {expected}: "
-                        f"delete the folder and re-download it (data.download=true)")
-    images = torch.from_numpy(data).view(-1, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)  # rows: 1024 R, 1024 G, 1024 B
+        raise UserError(
+            f"{folder}: {data.shape[0]} {split} images where {spec.title} has "
+            f"{expected}: "
+            f"delete the folder and re-download it (data.download=true)"
+        )
+    # rows: 1024 R, 1024 G, 1024 B
+    images = torch.from_numpy(data).view(-1, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     labels = torch.from_numpy(labels)
-    check_labels(labels, num_classes, folder / spec.files[split][0],
-                 f"set data.num_classes={spec.num_classes} or delete the folder and re-download it")
+    check_labels(
+        labels,
+        num_classes,
+        folder / spec.files[split][0],
+        f"set data.num_classes={spec.num_classes} or delete the folder and re-download it",
+    )
     return images, labels
 
 
 def load(cfg: Any, device: torch.device, spec: CifarSet) -> TensorData:
     """Load the set per `cfg` (keys of configs/data/cifar10.yaml / cifar100.yaml) onto `device`."""
+
     def find() -> tuple[Any, str]:
         folder = locate(cfg, spec)
         return folder, str(folder)
 
-    return load_image_set(cfg, device, name=spec.name, title=spec.title, default_classes=spec.num_classes,
-                          in_channels=IN_CHANNELS, image_size=IMAGE_SIZE, locate=find,
-                          read_split=lambda handle, split, classes: read_split(handle, split, classes, spec))
+    return load_image_set(
+        cfg,
+        device,
+        name=spec.name,
+        title=spec.title,
+        default_classes=spec.num_classes,
+        in_channels=IN_CHANNELS,
+        image_size=IMAGE_SIZE,
+        locate=find,
+        read_split=lambda handle, split, classes: read_split(handle, split, classes, spec),
+    )
 
 
 def load_cifar10(cfg: Any, device: torch.device) -> TensorData:

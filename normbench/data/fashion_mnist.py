@@ -30,9 +30,16 @@ find_files = idx_images.find_files
 def spec() -> idx_images.IdxSet:
     """Read from the module's constants at each call, so they can be pointed elsewhere."""
     return idx_images.IdxSet(
-        name="fashion_mnist", title="Fashion-MNIST", torchvision_class="FashionMNIST", counts=EXPECTED_COUNTS,
-        num_classes=10, system_dir=DEBIAN_DIR, download_root=DEFAULT_DOWNLOAD_ROOT, not_found=NOT_FOUND,
-        offline_fix="`sudo apt-get install dataset-fashion-mnist`")
+        name="fashion_mnist",
+        title="Fashion-MNIST",
+        torchvision_class="FashionMNIST",
+        counts=EXPECTED_COUNTS,
+        num_classes=10,
+        system_dir=DEBIAN_DIR,
+        download_root=DEFAULT_DOWNLOAD_ROOT,
+        not_found=NOT_FOUND,
+        offline_fix="`sudo apt-get install dataset-fashion-mnist`",
+    )
 
 
 def locate(cfg: Any) -> dict[str, Path]:

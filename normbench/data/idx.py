@@ -18,7 +18,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _corrupt(path: Path, why: str) -> UserError:
-    return UserError(f"{path}: {why}: the file is truncated or corrupt, reinstall or re-download it")
+    return UserError(
+        f"{path}: {why}: the file is truncated or corrupt, reinstall or re-download it"
+    )
 
 
 def read_bytes(path: str | Path) -> bytes:

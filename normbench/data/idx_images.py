@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from normbench.data import TensorData, cfg_bool, cfg_get, check_labels
-from normbench.data.tensor_set import load_image_set
 from normbench.data.idx import read_idx
+from normbench.data.tensor_set import load_image_set
 from normbench.errors import UserError
 
 FILES = {
@@ -31,15 +31,17 @@ IN_CHANNELS = 1
 
 @dataclass(frozen=True)
 class IdxSet:
-    name: str                    # registry name, e.g. "mnist"
-    title: str                   # for messages, e.g. "MNIST"
-    torchvision_class: str       # torchvision.datasets class; it keeps the files in ROOT/<class>/raw
-    counts: dict[str, int]       # images per split
+    name: str  # registry name, e.g. "mnist"
+    title: str  # for messages, e.g. "MNIST"
+    # torchvision.datasets class; it keeps the files in ROOT/<class>/raw
+    torchvision_class: str
+    counts: dict[str, int]  # images per split
     num_classes: int
-    system_dir: Path | None      # a system-wide copy looked at when data.root is null (Debian's package)
-    download_root: Path          # where data.download=true puts the files when data.root is null
-    not_found: str               # the one-line error when data.root is null and no copy is found
-    offline_fix: str             # how to get the files without the network, for the download error
+    # a system-wide copy looked at when data.root is null (Debian's package)
+    system_dir: Path | None
+    download_root: Path  # where data.download=true puts the files when data.root is null
+    not_found: str  # the one-line error when data.root is null and no copy is found
+    offline_fix: str  # how to get the files without the network, for the download error
 
 
 def find_files(folder: Path) -> dict[str, Path] | None:
@@ -68,18 +70,24 @@ def download(root: Path, spec: IdxSet) -> dict[str, Path]:
     """Fetch the raw files with torchvision into root/<class>/raw."""
     try:
         # import_module, not `from torchvision import datasets`: tests put a fake in sys.modules
-        dataset_class = getattr(importlib.import_module("torchvision.datasets"), spec.torchvision_class)
+        dataset_class = getattr(
+            importlib.import_module("torchvision.datasets"), spec.torchvision_class
+        )
         dataset_class(root=str(root), train=True, download=True)
         dataset_class(root=str(root), train=False, download=True)
     except Exception as e:  # network, disk, checksum: all fixable by the user
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"downloading {spec.title} into {root} failed ({message}): "
-                        f"check the network, or {spec.offline_fix}") from None
+        raise UserError(
+            f"downloading {spec.title} into {root} failed ({message}): "
+            f"check the network, or {spec.offline_fix}"
+        ) from None
     raw = root / spec.torchvision_class / "raw"
     found = find_files(raw)
     if found is None:
-        raise UserError(f"torchvision downloaded {spec.title} but {raw} lacks the idx files: "
-                        "delete that folder and retry")
+        raise UserError(
+            f"torchvision downloaded {spec.title} but {raw} lacks the idx files: "
+            "delete that folder and retry"
+        )
     return found
 
 
@@ -95,11 +103,16 @@ def locate(cfg: Any, spec: IdxSet) -> dict[str, Path]:
             return found
         if not want_download:
             names = ", ".join(f"{n}[.gz]" for n in FILES.values())
-            raise UserError(f"{spec.title} not found in data.root={root} (nor {root}/{spec.torchvision_class}/raw): "
-                            f"put {names} there, or set data.download=true"
-                            + (", or data.root=null to use the system copy" if spec.system_dir else ""))
+            raise UserError(
+                f"{spec.title} not found in data.root={root} (nor "
+                f"{root}/{spec.torchvision_class}/raw): "
+                f"put {names} there, or set data.download=true"
+                + (", or data.root=null to use the system copy" if spec.system_dir else "")
+            )
         return download(root, spec)
-    for folder in ([spec.system_dir] if spec.system_dir else []) + [spec.download_root.expanduser()]:
+    for folder in ([spec.system_dir] if spec.system_dir else []) + [
+        spec.download_root.expanduser()
+    ]:
         found = _in(folder, spec)
         if found is not None:
             return found
@@ -108,7 +121,9 @@ def locate(cfg: Any, spec: IdxSet) -> dict[str, Path]:
     raise UserError(spec.not_found)
 
 
-def read_split(files: dict[str, Path], split: str, num_classes: int, spec: IdxSet) -> tuple[torch.Tensor, torch.Tensor]:
+def read_split(
+    files: dict[str, Path], split: str, num_classes: int, spec: IdxSet
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, 1, 28, 28) and int64 labels (N,) of one split, checked."""
     images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
     images = read_idx(images_path, ndim=3)
@@ -116,21 +131,36 @@ def read_split(files: dict[str, Path], split: str, num_classes: int, spec: IdxSe
     expected = spec.counts[split]
     fix = "reinstall or re-download it"
     if images.shape[0] != expected:
-        raise UserError(f"{images_path}: {images.shape[0]} images where {spec.title} has {expected}: {fix}")
+        raise UserError(
+            f"{images_path}: {images.shape[0]} images where {spec.title} has {expected}: {fix}"
+        )
     if tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
         raise UserError(f"{images_path}: images are {tuple(images.shape[1:])}, not 28x28: {fix}")
     if labels.shape[0] != expected:
-        raise UserError(f"{labels_path}: {labels.shape[0]} labels where {spec.title} has {expected}: {fix}")
-    check_labels(labels, num_classes, labels_path, f"set data.num_classes={spec.num_classes} or {fix}")
+        raise UserError(
+            f"{labels_path}: {labels.shape[0]} labels where {spec.title} has {expected}: {fix}"
+        )
+    check_labels(
+        labels, num_classes, labels_path, f"set data.num_classes={spec.num_classes} or {fix}"
+    )
     return images.unsqueeze(1), labels
 
 
 def load(cfg: Any, device: torch.device, spec: IdxSet) -> TensorData:
     """Load the data set per `cfg` (keys of configs/data/<name>.yaml) onto `device`."""
+
     def find() -> tuple[Any, str]:
         files = locate(cfg, spec)
         return files, str(files["train_images"].parent)
 
-    return load_image_set(cfg, device, name=spec.name, title=spec.title, default_classes=spec.num_classes,
-                          in_channels=IN_CHANNELS, image_size=IMAGE_SIZE, locate=find,
-                          read_split=lambda handle, split, classes: read_split(handle, split, classes, spec))
+    return load_image_set(
+        cfg,
+        device,
+        name=spec.name,
+        title=spec.title,
+        default_classes=spec.num_classes,
+        in_channels=IN_CHANNELS,
+        image_size=IMAGE_SIZE,
+        locate=find,
+        read_split=lambda handle, split, classes: read_split(handle, split, classes, spec),
+    )

@@ -1,23 +1,25 @@
-"""ImageNet-layout image folders (`data.path` with `train/` and `val/`, one sub-folder per class, e.g.
-Imagenette), read by DataLoader workers: too big to live on the device.
+"""ImageNet-layout image folders (`data.path` with `train/` and `val/`, one sub-folder per class,
+e.g. Imagenette), read by DataLoader workers: too big to live on the device.
 
 Training images get the standard ImageNet augmentation (random-resized crop to `data.image_size`,
-horizontal flip), evaluation images a resize of the shorter side to image_size / 0.875 and a center crop.
-Workers decode and crop to uint8 tensors in pinned memory (on CUDA); the copy to the device is
+horizontal flip), evaluation images a resize of the shorter side to image_size / 0.875 and a center
+crop. Workers decode and crop to uint8 tensors in pinned memory (on CUDA); the copy to the device is
 non-blocking, and the conversion to float and normalization with data.mean/std happen on the device
 (4x less to copy than float32).
 
-Reproducibility: at the start of each epoch one seed is drawn from the run's CPU generator (the one the
-runner checkpoints); it draws the epoch's permutation and one seed per image, and each image's crop and
-flip are made under its own seed in whichever worker loads it. So the order and every crop are the same
-for a given run seed whatever `data.workers` is, and a resumed run sees what an uninterrupted one would.
+Reproducibility: at the start of each epoch one seed is drawn from the run's CPU generator (the one
+the runner checkpoints); it draws the epoch's permutation and one seed per image, and each image's
+crop and flip are made under its own seed in whichever worker loads it. So the order and every crop
+are the same for a given run seed whatever `data.workers` is, and a resumed run sees what an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -25,18 +27,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from normbench.data import Batch, Shard, cfg_bool, cfg_get, cfg_int, cfg_mean_std, stratified_subset
 from normbench.errors import UserError
 
-DESCRIPTION = ("image folders in the ImageNet layout (data.path with train/ and val/ class sub-folders, "
-               "e.g. Imagenette), read by DataLoader workers")
+DESCRIPTION = (
+    "image folders in the ImageNet layout (data.path with train/ and val/ class "
+    "sub-folders, "
+    "e.g. Imagenette), read by DataLoader workers"
+)
 
-IN_CHANNELS = 3                # images are converted to RGB
-EVAL_RESIZE_RATIO = 0.875      # eval: resize the shorter side to image_size / 0.875, center-crop image_size
-MAX_EVAL_BATCH = 256           # bigger eval batches only pile up in the workers' shared memory
+IN_CHANNELS = 3  # images are converted to RGB
+# eval: resize the shorter side to image_size / 0.875, center-crop image_size
+EVAL_RESIZE_RATIO = 0.875
+MAX_EVAL_BATCH = 256  # bigger eval batches only pile up in the workers' shared memory
 SEED_HIGH = 2**63 - 1
 
 
 class Images(Dataset):
-    """(path, label) samples -> (uint8 (3, H, W) tensor, label). A training key is (index, seed): the
-    random transform then runs under that seed, in a forked RNG so the process's own stream is untouched."""
+    """(path, label) samples -> (uint8 (3, H, W) tensor, label). A training key is (index, seed):
+    the random transform then runs under that seed, in a forked RNG so the process's own stream is
+    untouched."""
 
     def __init__(self, samples: list[tuple[str, int]], transform: Any) -> None:
         self.samples, self.transform = samples, transform
@@ -58,8 +65,9 @@ class Images(Dataset):
 
 
 class SeededOrder(Sampler):
-    """A permutation of n images with a seed for each, both drawn from `epoch_seed` (set before each epoch).
-    `positions` (set per epoch; None: all) keeps only those positions of it: a data-parallel process's shard."""
+    """A permutation of n images with a seed for each, both drawn from `epoch_seed` (set before each
+    epoch). `positions` (set per epoch; None: all) keeps only those positions of it: a data-parallel
+    process's shard."""
 
     def __init__(self, n: int) -> None:
         self.n, self.epoch_seed = n, 0
@@ -117,7 +125,9 @@ class FolderData:
 
     @property
     def pipeline(self) -> str:
-        return f"DataLoader, {self.workers} workers" + (", pinned memory" if self.pin_memory else "")
+        return f"DataLoader, {self.workers} workers" + (
+            ", pinned memory" if self.pin_memory else ""
+        )
 
     def _loader(self, split: str, batch: int) -> DataLoader:
         """One DataLoader per (split, batch), kept so its workers persist across epochs."""
@@ -125,9 +135,16 @@ class FolderData:
             train = split == "train"
             dataset = self.train_set if train else self.test_set
             self._loaders[split, batch] = DataLoader(
-                dataset, batch_size=batch, sampler=SeededOrder(len(dataset)) if train else None, drop_last=train,
-                num_workers=self.workers, persistent_workers=self.workers > 0, pin_memory=self.pin_memory,
-                generator=torch.Generator())  # its own: creating an iterator never draws from the global RNG
+                dataset,
+                batch_size=batch,
+                sampler=SeededOrder(len(dataset)) if train else None,
+                drop_last=train,
+                num_workers=self.workers,
+                persistent_workers=self.workers > 0,
+                pin_memory=self.pin_memory,
+                # its own: creating an iterator never draws from the global RNG
+                generator=torch.Generator(),
+            )
         return self._loaders[split, batch]
 
     def _on_device(self, loader: DataLoader, count: int | None) -> Iterator[Batch]:
@@ -135,16 +152,27 @@ class FolderData:
         device = self.target_device
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
-        for images, labels in (loader if count is None else (b for _, b in zip(range(count), loader))):
-            x = images.to(device, non_blocking=True).to(torch.float32).div_(255.0).sub_(mean).div_(std)
+        for images, labels in (
+            loader if count is None else (b for _, b in zip(range(count), loader))
+        ):
+            x = (
+                images.to(device, non_blocking=True)
+                .to(torch.float32)
+                .div_(255.0)
+                .sub_(mean)
+                .div_(std)
+            )
             yield x, labels.to(device, non_blocking=True)
 
-    def train_batches(self, batch: int, count: int, generator: torch.Generator,
-                      shard: Shard | None = None) -> Iterator[Batch]:
+    def train_batches(
+        self, batch: int, count: int, generator: torch.Generator, shard: Shard | None = None
+    ) -> Iterator[Batch]:
         loader = self._loader("train", batch)
         loader.sampler.positions = None if shard is None else shard.positions(count, batch).tolist()
         if count > len(loader):
-            raise ValueError(f"{count} batches of {batch} asked for, the training set has {len(loader)}")
+            raise ValueError(
+                f"{count} batches of {batch} asked for, the training set has {len(loader)}"
+            )
         loader.sampler.epoch_seed = int(torch.randint(0, SEED_HIGH, (), generator=generator))
         return self._on_device(loader, count)
 
@@ -161,18 +189,23 @@ class FolderData:
 
 
 def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """(class names, samples) of one split folder, via torchvision's ImageFolder, as a one-line UserError."""
+    """(class names, samples) of one split folder, via torchvision's ImageFolder, as a one-line
+    UserError."""
     from torchvision.datasets import ImageFolder
 
     layout = "one sub-folder of images per class, as in ImageNet/Imagenette"
     if not folder.is_dir():
-        raise UserError(f"{folder} is missing: data.path must hold train/ and val/, each with {layout}")
+        raise UserError(
+            f"{folder} is missing: data.path must hold train/ and val/, each with {layout}"
+        )
     try:
         found = ImageFolder(str(folder))
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise UserError(f"{folder}: {str(e).splitlines()[0]}: it must hold {layout}") from None
     except OSError as e:
-        raise UserError(f"{folder}: cannot read ({e.strerror or e}): check its permissions") from None
+        raise UserError(
+            f"{folder}: cannot read ({e.strerror or e}): check its permissions"
+        ) from None
     return found.classes, found.samples
 
 
@@ -184,16 +217,22 @@ def subset(samples: list[tuple[str, int]], size: int | None, seed: int) -> list[
 
 
 def load(cfg: Any, device: torch.device) -> FolderData:
-    """Scan data.path per `cfg` (keys of configs/data/imagefolder.yaml); images are read while training."""
+    """Scan data.path per `cfg` (keys of configs/data/imagefolder.yaml); images are read while
+    training."""
     from torchvision import transforms as T
 
     path = cfg_get(cfg, "path")
     if path is None:
-        raise UserError("data=imagefolder needs data.path=DIR: a folder with train/ and val/, each holding one "
-                        "sub-folder of images per class (ImageNet/Imagenette layout)")
+        raise UserError(
+            "data=imagefolder needs data.path=DIR: a folder with train/ and val/, "
+            "each holding one "
+            "sub-folder of images per class (ImageNet/Imagenette layout)"
+        )
     root = Path(str(path)).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.path={root} is not a folder: point it at the folder holding train/ and val/")
+        raise UserError(
+            f"data.path={root} is not a folder: point it at the folder holding train/ and val/"
+        )
     num_classes = cfg_int(cfg, "num_classes", None, minimum=2)
     if cfg_int(cfg, "in_channels", IN_CHANNELS) != IN_CHANNELS:
         raise UserError("imagefolder images are read as RGB: set data.in_channels=3")
@@ -203,10 +242,16 @@ def load(cfg: Any, device: torch.device) -> FolderData:
     augment, flip = cfg_bool(cfg, "augment", True), cfg_bool(cfg, "flip", True)
     scale = cfg_get(cfg, "crop_scale", [0.08, 1.0])
     scale = list(scale) if not isinstance(scale, (str, int, float)) else [scale]
-    if not (len(scale) == 2 and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale)
-            and 0 < scale[0] <= scale[1] <= 1):
-        raise UserError(f"data.crop_scale must be [min, max] area fractions with 0 < min <= max <= 1, got "
-                        f"{scale!r}: e.g. data.crop_scale=[0.08,1.0]")
+    if not (
+        len(scale) == 2
+        and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale)
+        and 0 < scale[0] <= scale[1] <= 1
+    ):
+        raise UserError(
+            "data.crop_scale must be [min, max] area fractions with 0 < min <= max "
+            "<= 1, got "
+            f"{scale!r}: e.g. data.crop_scale=[0.08,1.0]"
+        )
     train_size = cfg_int(cfg, "train_size", None, minimum=1)
     test_size = cfg_int(cfg, "test_size", None, minimum=1)
     seed = cfg_int(cfg, "subset_seed", 0)
@@ -215,23 +260,44 @@ def load(cfg: Any, device: torch.device) -> FolderData:
     val_classes, test_samples = scan(root / "val")
     if val_classes != classes:
         only = sorted(set(classes) ^ set(val_classes))[:3]
-        raise UserError(f"{root}: train/ and val/ have different class folders (e.g. {', '.join(only)}): "
-                        "give both the same classes")
+        raise UserError(
+            f"{root}: train/ and val/ have different class folders (e.g. "
+            f"{', '.join(only)}): "
+            "give both the same classes"
+        )
     if num_classes != len(classes):
-        raise UserError(f"{root}/train has {len(classes)} class folders but data.num_classes={num_classes}: "
-                        f"set data.num_classes={len(classes)}")
+        raise UserError(
+            f"{root}/train has {len(classes)} class folders but "
+            f"data.num_classes={num_classes}: "
+            f"set data.num_classes={len(classes)}"
+        )
 
     evaluation = [T.Resize(int(image_size / EVAL_RESIZE_RATIO)), T.CenterCrop(image_size)]
     if augment:
         training = [T.RandomResizedCrop(image_size, scale=tuple(float(s) for s in scale))]
         training += [T.RandomHorizontalFlip()] if flip else []
-        described = (f"random-resized crop to {image_size} px (scale {scale[0]:g}-{scale[1]:g})"
-                     + (" + horizontal flip" if flip else "") + ", in the DataLoader workers")
+        described = (
+            f"random-resized crop to {image_size} px (scale {scale[0]:g}-{scale[1]:g})"
+            + (" + horizontal flip" if flip else "")
+            + ", in the DataLoader workers"
+        )
     else:
         training, described = list(evaluation), "none"
     return FolderData(
-        name="imagefolder", num_classes=num_classes, in_channels=IN_CHANNELS, image_size=image_size,
+        name="imagefolder",
+        num_classes=num_classes,
+        in_channels=IN_CHANNELS,
+        image_size=image_size,
         source=str(root),
-        train_set=Images(subset(train_samples, train_size, seed), T.Compose([*training, T.PILToTensor()])),
-        test_set=Images(subset(test_samples, test_size, seed), T.Compose([*evaluation, T.PILToTensor()])),
-        mean=mean, std=std, workers=workers, target_device=device, train_augmentation=described)
+        train_set=Images(
+            subset(train_samples, train_size, seed), T.Compose([*training, T.PILToTensor()])
+        ),
+        test_set=Images(
+            subset(test_samples, test_size, seed), T.Compose([*evaluation, T.PILToTensor()])
+        ),
+        mean=mean,
+        std=std,
+        workers=workers,
+        target_device=device,
+        train_augmentation=described,
+    )

@@ -17,7 +17,8 @@ PATTERN_CELL = 4  # pattern detail: one random value per 4x4 pixels, bilinearly 
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
-    """Independent streams per seed: 0 patterns, 1 train, 2 test (changing train_size keeps the test set)."""
+    """Independent streams per seed: 0 patterns, 1 train, 2 test (changing train_size keeps the test
+    set)."""
     return torch.Generator().manual_seed(3 * seed + stream)
 
 
@@ -32,7 +33,8 @@ def make_patterns(num_classes: int, channels: int, size: int, seed: int) -> torc
 
 
 def make_split(patterns: torch.Tensor, n: int, noise: float, generator: torch.Generator):
-    """n images (pattern + noise * N(0, 1)) / sqrt(1 + noise^2), classes balanced (counts differ by <= 1)."""
+    """n images (pattern + noise * N(0, 1)) / sqrt(1 + noise^2), classes balanced (counts differ by
+    <= 1)."""
     k = patterns.shape[0]
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=generator)]
     x = torch.randn(n, *patterns.shape[1:], generator=generator).mul_(noise).add_(patterns[labels])
@@ -51,7 +53,8 @@ def load(cfg: Any, device: torch.device) -> TensorData:
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise UserError(f"data.noise must be a number >= 0, got {noise!r}")
     noise = float(noise)
-    augmentation = augment.from_config(cfg, [0.0] * in_channels, image_size)  # pads with the data's mean, 0
+    # pads with the data's mean, 0
+    augmentation = augment.from_config(cfg, [0.0] * in_channels, image_size)
 
     patterns = make_patterns(num_classes, in_channels, image_size, seed)
     train_x, train_y = make_split(patterns, train_size, noise, _generator(seed, 1))

@@ -1,22 +1,39 @@
-"""The loading path shared by the tensor-resident image sets (MNIST, Fashion-MNIST, CIFAR-10/100): config
-options, stratified subsets, normalization on the device and augmentation."""
+"""The loading path shared by the tensor-resident image sets (MNIST, Fashion-MNIST, CIFAR-10/100):
+config options, stratified subsets, normalization on the device and augmentation."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from normbench.data import (TensorData, black, cfg_int, cfg_mean_std, check_fixed_shape, normalize,
-                            take_subset)
-from normbench.data import augment
+from normbench.data import (
+    TensorData,
+    augment,
+    black,
+    cfg_int,
+    cfg_mean_std,
+    check_fixed_shape,
+    normalize,
+    take_subset,
+)
 
 
-def load_image_set(cfg: Any, device: torch.device, *, name: str, title: str, default_classes: int,
-                   in_channels: int, image_size: int, locate: Callable[[], tuple[Any, str]],
-                   read_split: Callable[[Any, str, int], tuple[torch.Tensor, torch.Tensor]]) -> TensorData:
-    """`locate()` finds the files (-> (handle, source path)); `read_split(handle, "train"|"test", num_classes)`
-    returns uint8 images (N, C, H, W) and int64 labels, checked."""
+def load_image_set(
+    cfg: Any,
+    device: torch.device,
+    *,
+    name: str,
+    title: str,
+    default_classes: int,
+    in_channels: int,
+    image_size: int,
+    locate: Callable[[], tuple[Any, str]],
+    read_split: Callable[[Any, str, int], tuple[torch.Tensor, torch.Tensor]],
+) -> TensorData:
+    """`locate()` finds the files (-> (handle, source path)); `read_split(handle, "train"|"test",
+    num_classes)` returns uint8 images (N, C, H, W) and int64 labels, checked."""
     num_classes = cfg_int(cfg, "num_classes", default_classes, minimum=2)
     check_fixed_shape(cfg, title, in_channels, image_size)
     mean, std = cfg_mean_std(cfg, in_channels)

@@ -1,88 +1,199 @@
-"""Normalization layers compared by normbench: BN, LN, IN, GN (Wu & He, ECCV 2018), FRN, none, and the
-variants registered in NORMS below (SyncBN, Batch Renorm, Ghost BN, EvoNorm-B0/S0, GN+WS, ...)."""
+"""Normalization layers compared by normbench: BN, LN, IN, GN (Wu & He, ECCV 2018), FRN, none, and
+the variants registered in NORMS below (SyncBN, Batch Renorm, Ghost BN, EvoNorm-B0/S0, GN+WS,
+...)."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 
 from ._common import NormConfigError
 from .batch_norm import batch_norm
+from .batch_renorm import BatchRenorm, batch_renorm
 from .conv_weight import CONV_WEIGHTS, convert_convs
+from .evonorm import EvoNormB0, EvoNormS0, evonorm_b0, evonorm_s0
 from .frn import FilterResponseNorm, filter_response_norm
+from .ghost_batch_norm import GhostBatchNorm, ghost_batch_norm
 from .group_norm import GroupNorm, gn_ws, group_norm, resolve_groups
 from .identity import identity
 from .instance_norm import instance_norm
 from .layer_norm import LayerNorm, layer_norm
 from .mabn import MovingAverageBatchNorm, moving_average_batch_norm
 from .sync_batch_norm import SyncBatchNorm, sync_batch_norm, sync_world_size
-from .batch_renorm import BatchRenorm, batch_renorm
-from .ghost_batch_norm import GhostBatchNorm, ghost_batch_norm
-from .evonorm import EvoNormB0, EvoNormS0, evonorm_b0, evonorm_s0
 
 __all__ = [
-    "NORMS", "NormSpec", "build_norm", "norm_options", "resolve_groups", "NormConfigError",
-    "GroupNorm", "LayerNorm", "FilterResponseNorm", "CONV_WEIGHTS", "convert_convs",
-    "SyncBatchNorm", "sync_world_size", "BatchRenorm", "GhostBatchNorm", "EvoNormB0", "EvoNormS0",
+    "NORMS",
+    "NormSpec",
+    "build_norm",
+    "norm_options",
+    "resolve_groups",
+    "NormConfigError",
+    "GroupNorm",
+    "LayerNorm",
+    "FilterResponseNorm",
+    "CONV_WEIGHTS",
+    "convert_convs",
+    "SyncBatchNorm",
+    "sync_world_size",
+    "BatchRenorm",
+    "GhostBatchNorm",
+    "MovingAverageBatchNorm",
+    "EvoNormB0",
+    "EvoNormS0",
 ]
 
 
 @dataclass(frozen=True)
 class NormSpec:
-    factory: Callable[..., nn.Module]  # factory(num_channels, dim[, act], *, **options) -> nn.Module, see build_norm
-    description: str                   # one line for `normbench list norms`, names the paper
-    batch_dependent: bool              # uses batch statistics in training: batch=1 is an error
-    includes_activation: bool          # carries its own activation (FRN's TLU): backbone adds none; its
-                                       # factory takes `act` (act=False: the form without that activation)
-    supports_1d: bool                  # has a meaningful form on (N, C) features
-    conv_weight: str | None = None     # every conv of the model gets this weight reparametrization
-                                       # (conv_weight.CONV_WEIGHTS: "center" for MABN, "standardize" for GN+WS)
+    # factory(num_channels, dim[, act], *, **options) -> nn.Module, see build_norm
+    factory: Callable[..., nn.Module]
+    description: str  # one line for `normbench list norms`, names the paper
+    batch_dependent: bool  # uses batch statistics in training: batch=1 is an error
+    # carries its own activation (FRN's TLU): backbone adds none; its
+    includes_activation: bool
+    # factory takes `act` (act=False: the form without that
+    # activation)
+    supports_1d: bool  # has a meaningful form on (N, C) features
+    conv_weight: str | None = None  # every conv of the model gets this weight reparametrization
+    # (conv_weight.CONV_WEIGHTS: "center" for MABN, "standardize"
+    # for GN+WS)
 
 
 NORMS: dict[str, NormSpec] = {
-    "bn": NormSpec(batch_norm, "Batch Normalization (Ioffe & Szegedy, ICML 2015): per channel over (N, H, W) "
-                   "of the batch, running statistics in eval", True, False, True),
-    "ln": NormSpec(layer_norm, "Layer Normalization (Ba et al., 2016) as in the GN paper: each sample over "
-                   "(C, H, W), per-channel affine", False, False, True),
-    "in": NormSpec(instance_norm, "Instance Normalization (Ulyanov et al., 2016): each sample and channel over "
-                   "(H, W); no norm on fully connected layers", False, False, False),
-    "gn": NormSpec(group_norm, "Group Normalization (Wu & He, ECCV 2018): each sample over groups of C/G "
-                   "channels and (H, W)", False, False, True),
-    "frn": NormSpec(filter_response_norm, "Filter Response Normalization + TLU (Singh & Krishnan, CVPR 2020): "
-                    "x / sqrt(mean_HW(x^2) + eps), affine, max(y, tau)", False, True, True),
+    "bn": NormSpec(
+        batch_norm,
+        "Batch Normalization (Ioffe & Szegedy, ICML 2015): per channel "
+        "over (N, H, W) "
+        "of the batch, running statistics in eval",
+        True,
+        False,
+        True,
+    ),
+    "ln": NormSpec(
+        layer_norm,
+        "Layer Normalization (Ba et al., 2016) as in the GN paper: each "
+        "sample over "
+        "(C, H, W), per-channel affine",
+        False,
+        False,
+        True,
+    ),
+    "in": NormSpec(
+        instance_norm,
+        "Instance Normalization (Ulyanov et al., 2016): each sample and "
+        "channel over "
+        "(H, W); no norm on fully connected layers",
+        False,
+        False,
+        False,
+    ),
+    "gn": NormSpec(
+        group_norm,
+        "Group Normalization (Wu & He, ECCV 2018): each sample over groups "
+        "of C/G "
+        "channels and (H, W)",
+        False,
+        False,
+        True,
+    ),
+    "frn": NormSpec(
+        filter_response_norm,
+        "Filter Response Normalization + TLU (Singh & Krishnan, "
+        "CVPR 2020): "
+        "x / sqrt(mean_HW(x^2) + eps), affine, max(y, tau)",
+        False,
+        True,
+        True,
+    ),
     "none": NormSpec(identity, "No normalization (identity): the baseline", False, False, True),
-    "mabn": NormSpec(moving_average_batch_norm, "Moving Average Batch Normalization (Yan et al., ICLR 2020): "
-                     "centering-free BN with moving-average forward/backward statistics, every conv centred",
-                     True, False, True, conv_weight="center"),
-    "syncbn": NormSpec(sync_batch_norm, "Synchronized BN (cross-GPU BN, Peng et al., MegDet, CVPR 2018) via "
-                       "nn.SyncBatchNorm: BN statistics over all processes' batches; one process: exactly BN",
-                       True, False, True),
-    "brn": NormSpec(batch_renorm, "Batch Renormalization (Ioffe, NeurIPS 2017): BN corrected towards the running "
-                    "statistics by clipped r, d (warm-up from BN)", True, False, True),
-    "gbn": NormSpec(ghost_batch_norm, "Ghost Batch Normalization (Hoffer et al., NeurIPS 2017): BN statistics "
-                    "over virtual batches of ghost_batch images", True, False, True),
-    "evonorm_b0": NormSpec(evonorm_b0, "EvoNorm-B0 (Liu et al., NeurIPS 2020): x / max(batch std, v*x + "
-                           "instance std), affine; replaces norm + activation; no norm on fc layers",
-                           True, True, False),
-    "evonorm_s0": NormSpec(evonorm_s0, "EvoNorm-S0 (Liu et al., NeurIPS 2020): x * sigmoid(v*x) / group std "
-                           "(GN's groups), affine; replaces norm + activation", False, True, True),
-    "gn_ws": NormSpec(gn_ws, "Group Normalization + Weight Standardization (Qiao et al., 2019): GN, and every "
-                      "conv's filters standardized", False, False, True, conv_weight="standardize"),
+    "mabn": NormSpec(
+        moving_average_batch_norm,
+        "Moving Average Batch Normalization (Yan et al., "
+        "ICLR 2020): "
+        "centering-free BN with moving-average forward/backward statistics, "
+        "every conv centred",
+        True,
+        False,
+        True,
+        conv_weight="center",
+    ),
+    "syncbn": NormSpec(
+        sync_batch_norm,
+        "Synchronized BN (cross-GPU BN, Peng et al., MegDet, CVPR "
+        "2018) via "
+        "nn.SyncBatchNorm: BN statistics over all processes' batches; one "
+        "process: exactly BN",
+        True,
+        False,
+        True,
+    ),
+    "brn": NormSpec(
+        batch_renorm,
+        "Batch Renormalization (Ioffe, NeurIPS 2017): BN corrected "
+        "towards the running "
+        "statistics by clipped r, d (warm-up from BN)",
+        True,
+        False,
+        True,
+    ),
+    "gbn": NormSpec(
+        ghost_batch_norm,
+        "Ghost Batch Normalization (Hoffer et al., NeurIPS 2017): "
+        "BN statistics "
+        "over virtual batches of ghost_batch images",
+        True,
+        False,
+        True,
+    ),
+    "evonorm_b0": NormSpec(
+        evonorm_b0,
+        "EvoNorm-B0 (Liu et al., NeurIPS 2020): x / max(batch std, "
+        "v*x + "
+        "instance std), affine; replaces norm + activation; no norm on fc layers",
+        True,
+        True,
+        False,
+    ),
+    "evonorm_s0": NormSpec(
+        evonorm_s0,
+        "EvoNorm-S0 (Liu et al., NeurIPS 2020): x * sigmoid(v*x) / "
+        "group std "
+        "(GN's groups), affine; replaces norm + activation",
+        False,
+        True,
+        True,
+    ),
+    "gn_ws": NormSpec(
+        gn_ws,
+        "Group Normalization + Weight Standardization (Qiao et al., 2019): "
+        "GN, and every "
+        "conv's filters standardized",
+        False,
+        False,
+        True,
+        conv_weight="standardize",
+    ),
 }
 
 
 def norm_options(name: str) -> dict[str, Any]:
-    """The keyword options of a registered norm with their defaults (what configs/norm/<name>.yaml holds).
+    """The keyword options of a registered norm with their defaults (what configs/norm/<name>.yaml
+    holds).
 
-    These are the factory's KEYWORD-ONLY parameters. Its positional-or-keyword parameters -- num_channels,
-    dim and, for a norm with its own activation, act -- describe the layer and come from the backbone, so
-    they are not options (tests/test_norms.py checks every factory keeps to this)."""
+    These are the factory's KEYWORD-ONLY parameters. Its positional-or-keyword parameters --
+    num_channels, dim and, for a norm with its own activation, act -- describe the layer and come
+    from the backbone, so they are not options (tests/norms/test_norms.py checks every factory keeps
+    to this)."""
     factory = _spec(name).factory
-    return {p.name: p.default for p in inspect.signature(factory).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {
+        p.name: p.default
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def _spec(name: str) -> NormSpec:
@@ -92,23 +203,27 @@ def _spec(name: str) -> NormSpec:
     return spec
 
 
-def build_norm(name: str, num_channels: int, dim: int = 2, *, act: bool = True, **options: Any) -> nn.Module:
+def build_norm(
+    name: str, num_channels: int, dim: int = 2, *, act: bool = True, **options: Any
+) -> nn.Module:
     """Build norm `name` for a layer of `num_channels` channels.
 
-    dim=2: NCHW feature maps; dim=1: (N, C) features. act=False asks for the norm without its built-in
-    activation (FRN without TLU, EvoNorm without its nonlinearity), for positions where the original
-    network has a norm with no activation after it; for norms without a built-in activation it changes
-    nothing. `act` is a layer argument, not an option: it is passed to the factories of norms with
-    `includes_activation` only, and never appears in norm_options or configs/norm/*.yaml.
-    Raises NormConfigError (a ValueError) for an unknown name, an option the norm does not take, a bad
-    value, an unsupported dim, or an `act` that is not a bool.
+    dim=2: NCHW feature maps; dim=1: (N, C) features. act=False asks for the norm without its
+    built-in activation (FRN without TLU, EvoNorm without its nonlinearity), for positions where the
+    original network has a norm with no activation after it; for norms without a built-in activation
+    it changes nothing. `act` is a layer argument, not an option: it is passed to the factories of
+    norms with `includes_activation` only, and never appears in norm_options or configs/norm/*.yaml.
+    Raises NormConfigError (a ValueError) for an unknown name, an option the norm does not take, a
+    bad value, an unsupported dim, or an `act` that is not a bool.
     """
     spec = _spec(name)
     valid = norm_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         takes = ", ".join(valid) if valid else "no options"
-        raise NormConfigError(f"norm {name!r} has no option {', '.join(unknown)}; it takes: {takes}")
+        raise NormConfigError(
+            f"norm {name!r} has no option {', '.join(unknown)}; it takes: {takes}"
+        )
     if not isinstance(act, bool):
         raise NormConfigError(f"norm {name!r}: act must be True or False, got {act!r}")
     layer = {"act": act} if spec.includes_activation else {}

@@ -17,7 +17,9 @@ class NormConfigError(UserError, ValueError):
 def check_layer(norm: str, num_channels: int, dim: int) -> None:
     """Validate the (num_channels, dim) every factory receives."""
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise NormConfigError(f"norm {norm!r}: num_channels must be an integer >= 1, got {num_channels!r}")
+        raise NormConfigError(
+            f"norm {norm!r}: num_channels must be an integer >= 1, got {num_channels!r}"
+        )
     if isinstance(dim, bool) or dim not in (1, 2):
         raise NormConfigError(
             f"norm {norm!r}: dim must be 2 (NCHW feature maps) or 1 ((N, C) features), got {dim!r}"
@@ -33,7 +35,9 @@ def check_eps(norm: str, eps: object, option: str = "eps") -> float:
 
 def check_int(norm: str, option: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NormConfigError(f"norm {norm!r}: {option} must be an integer >= {minimum}, got {value!r}")
+        raise NormConfigError(
+            f"norm {norm!r}: {option} must be an integer >= {minimum}, got {value!r}"
+        )
     return value
 
 
@@ -56,7 +60,10 @@ def check_input(module: torch.nn.Module, x: torch.Tensor, dim: int, num_channels
     ndim = {2: 4, 1: 2}[dim]  # dim=2: (N, C, H, W); dim=1: (N, C)
     if x.dim() != ndim or x.shape[1] != num_channels:
         want = f"(N, {num_channels}, H, W)" if dim == 2 else f"(N, {num_channels})"
-        raise ValueError(f"{type(module).__name__} built for dim={dim} expects input {want}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{type(module).__name__} built for dim={dim} expects input {want}, got "
+            f"{tuple(x.shape)}"
+        )
 
 
 def check_momentum(norm: str, momentum: object, allow_none: bool = False) -> float | None:
@@ -66,15 +73,23 @@ def check_momentum(norm: str, momentum: object, allow_none: bool = False) -> flo
         return None
     if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0:
         also = " (or null)" if allow_none else ""
-        raise NormConfigError(f"norm {norm!r}: momentum must be a number in [0, 1]{also}, got {momentum!r}")
+        raise NormConfigError(
+            f"norm {norm!r}: momentum must be a number in [0, 1]{also}, got {momentum!r}"
+        )
     return float(momentum)
 
 
 @torch.no_grad()
-def running_stats_affine(weight: torch.Tensor | None, bias: torch.Tensor | None, running_mean: torch.Tensor,
-                         running_var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) in float64 with BN's eval output = scale * x + shift per channel: what normbench.fuse
-    folds into the preceding conv/linear for every norm that evaluates with running statistics."""
+def running_stats_affine(
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) in float64 with BN's eval output = scale * x + shift per channel: what
+    normbench.fuse folds into the preceding conv/linear for every norm that evaluates with running
+    statistics."""
     scale = torch.rsqrt(running_var.double() + eps)
     if weight is not None:
         scale = scale * weight.double()
@@ -84,13 +99,18 @@ def running_stats_affine(weight: torch.Tensor | None, bias: torch.Tensor | None,
     return scale, shift
 
 
-def add_affine(module: torch.nn.Module, num_channels: int, act_param: str, act_init: float, act: bool) -> None:
-    """The per-channel gamma (`weight`, ones) and beta (`bias`, zeros) of a norm with its own nonlinearity, and
-    that nonlinearity's per-channel parameter (FRN's tau, EvoNorm's v) -- registered as None in the
-    activation-free form (act=False), so state dicts say which form a layer is."""
+def add_affine(
+    module: torch.nn.Module, num_channels: int, act_param: str, act_init: float, act: bool
+) -> None:
+    """The per-channel gamma (`weight`, ones) and beta (`bias`, zeros) of a norm with its own
+    nonlinearity, and that nonlinearity's per-channel parameter (FRN's tau, EvoNorm's v) --
+    registered as None in the activation-free form (act=False), so state dicts say which form a
+    layer is."""
     module.weight = torch.nn.Parameter(torch.ones(num_channels))
     module.bias = torch.nn.Parameter(torch.zeros(num_channels))
     if act:
-        module.register_parameter(act_param, torch.nn.Parameter(torch.full((num_channels,), float(act_init))))
+        module.register_parameter(
+            act_param, torch.nn.Parameter(torch.full((num_channels,), float(act_init)))
+        )
     else:
         module.register_parameter(act_param, None)

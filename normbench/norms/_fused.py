@@ -1,9 +1,11 @@
-"""Elementwise building blocks for the hand-written norms, chosen for speed in eager mode (plumbing; no paper).
+"""Elementwise building blocks for the hand-written norms, chosen for speed in eager mode (plumbing;
+no paper).
 
-Measured on the project's CPU (torch 2.14, one thread, a 16x64x32x32 float32 tensor): torch.var / var_mean
-(Welford) take ~20-30 ms where a mean and a mean of centred squares take ~1 ms; masked_fill, torch.where and
-products with bool masks ~15 ms where a float-mask product takes ~1 ms; torch.maximum's backward uses both
-(~30 ms a call). These helpers give the same values and gradients with the fast kernels.
+Measured on the project's CPU (torch 2.14, one thread, a 16x64x32x32 float32 tensor): torch.var /
+var_mean (Welford) take ~20-30 ms where a mean and a mean of centred squares take ~1 ms;
+masked_fill, torch.where and products with bool masks ~15 ms where a float-mask product takes ~1 ms;
+torch.maximum's backward uses both (~30 ms a call). These helpers give the same values and gradients
+with the fast kernels.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import torch
 
 
 def biased_var_mean(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(biased variance, mean) over `dims`, keepdim: two passes (mean, then mean of centred squares)."""
+    """(biased variance, mean) over `dims`, keepdim: two passes (mean, then mean of centred
+    squares)."""
     mean = x.mean(dim=dims, keepdim=True)
     return (x - mean).square().mean(dim=dims, keepdim=True), mean
 
 
 class _ChannelMaximum(torch.autograd.Function):
-    """torch.maximum(y, t) with t broadcast over some dims of y (e.g. a per-channel threshold (1, C, 1, 1)),
-    with exactly torch.maximum's gradients -- the larger input gets the gradient, a tie sends half to each --
-    computed with float masks (torch's formula uses where and masked_fill)."""
+    """torch.maximum(y, t) with t broadcast over some dims of y (e.g. a per-channel threshold (1, C,
+    1, 1)), with exactly torch.maximum's gradients -- the larger input gets the gradient, a tie
+    sends half to each -- computed with float masks (torch's formula uses where and masked_fill)."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -32,8 +35,9 @@ class _ChannelMaximum(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("channel_maximum has no double backward (create_graph=True)")
         y, t = ctx.saved_tensors
-        # share of the gradient going to y: 1 where y > t, 1/2 at a tie, 0 below; comparisons written straight
-        # into float tensors (a bool result converted afterwards costs several times more)
+        # share of the gradient going to y: 1 where y > t, 1/2 at a tie, 0 below; comparisons
+        # written straight into float tensors (a bool result converted afterwards costs several
+        # times more)
         share, tie = torch.empty_like(grad), torch.empty_like(grad)
         torch.gt(y, t, out=share)
         torch.eq(y, t, out=tie)
@@ -42,8 +46,9 @@ class _ChannelMaximum(torch.autograd.Function):
         grad_t = None
         if ctx.needs_input_grad[1]:
             lead = grad.dim() - t.dim()  # broadcasting may also prepend dims to t
-            dims = tuple(range(lead)) + tuple(lead + d for d in range(t.dim())
-                                              if t.shape[d] == 1 and grad.shape[lead + d] != 1)
+            dims = tuple(range(lead)) + tuple(
+                lead + d for d in range(t.dim()) if t.shape[d] == 1 and grad.shape[lead + d] != 1
+            )
             grad_t = (grad.sum(dims) - grad_y.sum(dims)).reshape(t.shape) if dims else grad - grad_y
         return grad_y, grad_t
 

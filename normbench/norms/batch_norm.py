@@ -7,7 +7,9 @@ import torch.nn as nn
 from ._common import check_eps, check_layer, check_momentum
 
 
-def batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1) -> nn.Module:
+def batch_norm(
+    num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1
+) -> nn.Module:
     """BN over (N, H, W) per channel (dim=2) or over N per feature (dim=1).
 
     Training normalizes with the biased batch variance and updates the buffers `running_mean`

@@ -1,4 +1,5 @@
-"""Batch Renormalization (Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence", NeurIPS 2017)."""
+"""Batch Renormalization (Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence",
+NeurIPS 2017)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._common import (
+    NormConfigError,
+    check_eps,
+    check_input,
+    check_int,
+    check_layer,
+    check_momentum,
+    running_stats_affine,
+)
 from ._fused import biased_var_mean
-from ._common import (NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum,
-                      running_stats_affine)
 
 
 class BatchRenorm(nn.Module):
-    """Batch Renormalization (the paper's Algorithm 1), with the paper's warm-up of the clipping bounds.
+    """Batch Renormalization (the paper's Algorithm 1), with the paper's warm-up of the clipping
+    bounds.
 
     Training, per channel over (N, H, W) (dim=1: over N):
-        mu_B, var_B = mean and BIASED variance of the batch;  sigma_B = sqrt(var_B + eps)
-        sigma = sqrt(running_var + eps)                       (running stats BEFORE this step's update)
-        r = clip(sigma_B / sigma, 1 / r_max(t), r_max(t)),  d = clip((mu_B - running_mean) / sigma, -d_max(t), d_max(t))
-        y = weight * ((x - mu_B) / sigma_B * r + d) + bias    r and d are constants: no gradient flows through them
+        mu_B, var_B = mean and BIASED variance of the batch;  sigma_B = sqrt(var_B + eps) sigma =
+        sqrt(running_var + eps)                       (running stats BEFORE this step's update) r =
+        clip(sigma_B / sigma, 1 / r_max(t), r_max(t)),  d = clip((mu_B - running_mean) / sigma,
+        -d_max(t), d_max(t)) y = weight * ((x - mu_B) / sigma_B * r + d) + bias    r and d are
+        constants: no gradient flows through them
     then running_mean/running_var move towards mu_B and the UNBIASED batch variance with `momentum`
-    (torch's BN convention, new = (1 - m) * old + m * batch; the paper averages sigma itself, we keep
-    torch's variance buffers so checkpoints and eval read like BN's).
+    (torch's BN convention, new = (1 - m) * old + m * batch; the paper averages sigma itself, we
+    keep torch's variance buffers so checkpoints and eval read like BN's).
     Eval: (x - running_mean) / sqrt(running_var + eps), affine -- exactly BN's eval.
 
     Warm-up: t = `num_batches_tracked` = training forward passes of this layer before this one (a
@@ -35,9 +45,18 @@ class BatchRenorm(nn.Module):
     host-device synchronisation in a training step.
     """
 
-    def __init__(self, num_channels: int, dim: int = 2, eps: float = 1e-5, momentum: float = 0.1,
-                 r_max: float = 3.0, d_max: float = 5.0, warmup_start: int = 500, rmax_iters: int = 4000,
-                 dmax_iters: int = 2500) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        dim: int = 2,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup_start: int = 500,
+        rmax_iters: int = 4000,
+        dmax_iters: int = 2500,
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.dim = dim
@@ -58,7 +77,8 @@ class BatchRenorm(nn.Module):
         return ((t - self.warmup_start) / (end - self.warmup_start)).clamp(0.0, 1.0)
 
     def limits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r_max(t), d_max(t)) for the next training step, as 0-d tensors on the buffers' device."""
+        """(r_max(t), d_max(t)) for the next training step, as 0-d tensors on the buffers'
+        device."""
         t = self.num_batches_tracked.to(self.running_var.dtype)
         rmax = 1.0 + (self.r_max - 1.0) * self._ramp(t, self.rmax_iters)
         dmax = self.d_max * self._ramp(t, self.dmax_iters)
@@ -68,16 +88,22 @@ class BatchRenorm(nn.Module):
         check_input(self, x, self.dim, self.num_channels)
         shape = (1, self.num_channels) + (1,) * (x.dim() - 2)
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
 
         axes = (0,) + tuple(range(2, x.dim()))
         n = x.numel() // self.num_channels
         if n < 2:
-            raise ValueError(f"BatchRenorm needs more than 1 value per channel when training, "
-                             f"got input {tuple(x.shape)}")
-        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            raise ValueError(
+                f"BatchRenorm needs more than 1 value per channel when training, "
+                f"got input {tuple(x.shape)}"
+            )
+        # e.g. bf16 under autocast: statistics in the parameters' dtype
+        if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
-        var_b, mean_b = (t.view(-1) for t in biased_var_mean(x, axes))  # fast two-pass form (see _fused)
+        # fast two-pass form (see _fused)
+        var_b, mean_b = (t.view(-1) for t in biased_var_mean(x, axes))
         std_b = torch.sqrt(var_b + self.eps)
         with torch.no_grad():
             std = torch.sqrt(self.running_var + self.eps)
@@ -94,30 +120,52 @@ class BatchRenorm(nn.Module):
 
     @torch.no_grad()
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse folds it
-        into the preceding conv/linear): eval is BN's with the running statistics."""
-        return running_stats_affine(self.weight, self.bias, self.running_mean, self.running_var, self.eps)
+        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse
+        folds it into the preceding conv/linear): eval is BN's with the running statistics."""
+        return running_stats_affine(
+            self.weight, self.bias, self.running_mean, self.running_var, self.eps
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max} "
-                f"(from 1 at step {self.warmup_start} to step {self.rmax_iters}), d_max={self.d_max} "
-                f"(from 0 at step {self.warmup_start} to step {self.dmax_iters}), dim={self.dim}")
+        return (
+            f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
+            f"r_max={self.r_max} "
+            f"(from 1 at step {self.warmup_start} to step {self.rmax_iters}), "
+            f"d_max={self.d_max} "
+            f"(from 0 at step {self.warmup_start} to step {self.dmax_iters}), dim={self.dim}"
+        )
 
 
 def _check_bound(option: str, value: object, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < minimum:
-        raise NormConfigError(f"norm 'brn': {option} must be a finite number >= {minimum:g}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise NormConfigError(
+            f"norm 'brn': {option} must be a finite number >= {minimum:g}, got {value!r}"
+        )
     return float(value)
 
 
-def batch_renorm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float = 0.1, r_max: float = 3.0,
-                 d_max: float = 5.0, warmup_start: int = 500, rmax_iters: int = 4000,
-                 dmax_iters: int = 2500) -> nn.Module:
-    """Batch Renorm. Bounds r_max=3, d_max=5 as in the paper; the paper keeps BN (r_max=1, d_max=0) for
-    5k steps and relaxes to d_max at 25k and r_max at 40k steps; the defaults here are those step counts
-    divided by 10 (500, 2500, 4000), so short runs get past the warm-up (a 10-epoch FashionMNIST run has
-    2,350 steps at batch 256, 18,750 at batch 32). Steps are training forward passes of the layer: with
-    accum > 1, micro-batches. r_max=1, d_max=0 gives BN exactly."""
+def batch_renorm(
+    num_channels: int,
+    dim: int = 2,
+    *,
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    warmup_start: int = 500,
+    rmax_iters: int = 4000,
+    dmax_iters: int = 2500,
+) -> nn.Module:
+    """Batch Renorm. Bounds r_max=3, d_max=5 as in the paper; the paper keeps BN (r_max=1, d_max=0)
+    for 5k steps and relaxes to d_max at 25k and r_max at 40k steps; the defaults here are those
+    step counts divided by 10 (500, 2500, 4000), so short runs get past the warm-up (a 10-epoch
+    FashionMNIST run has 2,350 steps at batch 256, 18,750 at batch 32). Steps are training forward
+    passes of the layer: with accum > 1, micro-batches. r_max=1, d_max=0 gives BN exactly."""
     check_layer("brn", num_channels, dim)
     eps = check_eps("brn", eps)
     momentum = check_momentum("brn", momentum)
@@ -126,5 +174,14 @@ def batch_renorm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum
     warmup_start = check_int("brn", "warmup_start", warmup_start, minimum=0)
     rmax_iters = check_int("brn", "rmax_iters", rmax_iters, minimum=warmup_start)
     dmax_iters = check_int("brn", "dmax_iters", dmax_iters, minimum=warmup_start)
-    return BatchRenorm(num_channels, dim, eps=eps, momentum=momentum, r_max=r_max, d_max=d_max,
-                       warmup_start=warmup_start, rmax_iters=rmax_iters, dmax_iters=dmax_iters)
+    return BatchRenorm(
+        num_channels,
+        dim,
+        eps=eps,
+        momentum=momentum,
+        r_max=r_max,
+        d_max=d_max,
+        warmup_start=warmup_start,
+        rmax_iters=rmax_iters,
+        dmax_iters=dmax_iters,
+    )

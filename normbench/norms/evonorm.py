@@ -1,30 +1,39 @@
-"""EvoNorm-B0 and EvoNorm-S0 (Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers", NeurIPS 2020)."""
+"""EvoNorm-B0 and EvoNorm-S0 (Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers",
+NeurIPS 2020)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ._common import add_affine, NormConfigError, check_eps, check_input, check_int, check_layer, check_momentum
+from ._common import (
+    NormConfigError,
+    add_affine,
+    check_eps,
+    check_input,
+    check_int,
+    check_layer,
+    check_momentum,
+)
 from ._fused import biased_var_mean, channel_maximum
 from .group_norm import resolve_groups
 
 # Variances: the paper writes s^2 for "variance" without a correction; the authors' reference code
 # (tf.nn.moments) uses the BIASED variance everywhere, including for B0's moving variance. We follow
 # it: every variance in this file is biased (mean of squared deviations). Unlike torch's BN, B0's
-# running_var is therefore a moving average of biased batch variances.
-#
-# act=False, the forms for positions where the original network has a norm with no activation after it
-# (last norm of a residual branch, projection shortcut, ShuffleNet's depthwise convs): the nonlinear part
-# -- `v` and B0's instance term, S0's sigmoid -- is dropped and the layer still normalizes:
-#   B0: y = x / sqrt(s2_b + eps) * weight + bias   (B0's batch denominator; running_var as with act=True)
-#   S0: y = x / sqrt(s2_g + eps) * weight + bias   (S0's group denominator; what timm's EvoNorm2dS0a does)
+# running_var is therefore a moving average of biased batch variances.  act=False, the forms for
+# positions where the original network has a norm with no activation after it (last norm of a
+# residual branch, projection shortcut, ShuffleNet's depthwise convs): the nonlinear part -- `v` and
+# B0's instance term, S0's sigmoid -- is dropped and the layer still normalizes: B0: y = x /
+# sqrt(s2_b + eps) * weight + bias   (B0's batch denominator; running_var as with act=True) S0: y =
+# x / sqrt(s2_g + eps) * weight + bias   (S0's group denominator; what timm's EvoNorm2dS0a does)
 # i.e. centring-free BN and GN. NOTE: this is NOT what the authors' reference code does. There,
-# evonorm(..., nonlinearity=False) in tensorflow/tpu models/official/resnet/resnet_model.py ("if False, apply
-# an affine transform only") returns weight * x + bias with no normalization at all, for B0 and S0 alike,
-# at those same positions (with gamma initialised to 0 at the last norm of each residual block); timm's
-# EvoNorm2dB0 / EvoNorm2dS0(apply_act=False) do the same. Here every norm position of a backbone
-# normalizes, whatever the norm, so the comparison with BN/GN/FRN changes only the norm, not where one is.
+# evonorm(..., nonlinearity=False) in tensorflow/tpu models/official/resnet/resnet_model.py ("if
+# False, apply an affine transform only") returns weight * x + bias with no normalization at all,
+# for B0 and S0 alike, at those same positions (with gamma initialised to 0 at the last norm of each
+# residual block); timm's EvoNorm2dB0 / EvoNorm2dS0(apply_act=False) do the same. Here every norm
+# position of a backbone normalizes, whatever the norm, so the comparison with BN/GN/FRN changes
+# only the norm, not where one is.
 
 
 class EvoNormB0(nn.Module):
@@ -37,11 +46,14 @@ class EvoNormB0(nn.Module):
     NCHW only: on (N, C) features s2_i is the variance of one value (0); see `evonorm_b0`.
 
     act=False: y = x / sqrt(s2_b + eps) * weight + bias, no `v` and no instance term; s2_b and
-    `running_var` exactly as above, so in eval the layer is a fixed per-channel affine (`eval_affine`).
-    See the note at the top of this file: the authors' code applies weight * x + bias only there.
+    `running_var` exactly as above, so in eval the layer is a fixed per-channel affine
+    (`eval_affine`). See the note at the top of this file: the authors' code applies weight * x +
+    bias only there.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, act: bool = True) -> None:
+    def __init__(
+        self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, act: bool = True
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
@@ -52,7 +64,8 @@ class EvoNormB0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, 2, self.num_channels)
-        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+        # e.g. bf16 under autocast: statistics in the parameters' dtype
+        if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         shape = (1, self.num_channels, 1, 1)
         instance_var = instance_mean = None
@@ -64,22 +77,29 @@ class EvoNormB0(nn.Module):
             batch_var = biased_var_mean(x, (0, 2, 3))[0]
         else:  # law of total variance over the equal-sized (H, W) cells: no further pass over x
             batch_mean = instance_mean.mean(0, keepdim=True)
-            batch_var = instance_var.mean(0, keepdim=True) + (instance_mean - batch_mean).square().mean(0, keepdim=True)
+            batch_var = instance_var.mean(0, keepdim=True) + (
+                instance_mean - batch_mean
+            ).square().mean(0, keepdim=True)
         if self.training:
             with torch.no_grad():
                 self.running_var.lerp_(batch_var.view(-1), self.momentum)
         batch_std = torch.sqrt(batch_var + self.eps)
         if self.v is None:  # act=False: one per-channel factor, one pass
             return x * (self.weight.view(shape) / batch_std) + self.bias.view(shape)
-        den = channel_maximum(x * self.v.view(shape) + torch.sqrt(instance_var + self.eps), batch_std)
+        den = channel_maximum(
+            x * self.v.view(shape) + torch.sqrt(instance_var + self.eps), batch_std
+        )
         return x / den * self.weight.view(shape) + self.bias.view(shape)
 
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(scale, shift), float64, with eval output = scale * x + shift per channel, for act=False (normbench.fuse
-        folds it into the preceding conv); None with the activation (per-sample instance std and max)."""
+        """(scale, shift), float64, with eval output = scale * x + shift per channel, for act=False
+        (normbench.fuse folds it into the preceding conv); None with the activation (per-sample
+        instance std and max)."""
         if self.act:
             return None
-        return self.weight.double() * torch.rsqrt(self.running_var.double() + self.eps), self.bias.double()
+        return self.weight.double() * torch.rsqrt(
+            self.running_var.double() + self.eps
+        ), self.bias.double()
 
     def extra_repr(self) -> str:
         act = "" if self.act else ", act=False (x / batch std, affine)"
@@ -98,8 +118,15 @@ class EvoNormS0(nn.Module):
     weight * x + bias only there.
     """
 
-    def __init__(self, num_channels: int, num_groups: int, eps: float = 1e-5, dim: int = 2,
-                 requested_groups: int | None = None, act: bool = True) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int,
+        eps: float = 1e-5,
+        dim: int = 2,
+        requested_groups: int | None = None,
+        act: bool = True,
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.num_groups = num_groups
@@ -111,14 +138,19 @@ class EvoNormS0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
-        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+        # e.g. bf16 under autocast: statistics in the parameters' dtype
+        if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         n, c = x.shape[:2]
         shape = (1, c) + (1,) * (x.dim() - 2)
-        inv_std = torch.rsqrt(biased_var_mean(x.reshape(n, self.num_groups, -1), (2,))[0] + self.eps)  # (N, G, 1)
+        # (N, G, 1)
+        inv_std = torch.rsqrt(
+            biased_var_mean(x.reshape(n, self.num_groups, -1), (2,))[0] + self.eps
+        )
         # weight / group std as one factor per (sample, channel), applied in one pass with the bias
         scale = inv_std.expand(n, self.num_groups, c // self.num_groups).reshape(n, c, *shape[2:])
-        num = x if self.v is None else x * torch.sigmoid(self.v.view(shape) * x)  # v is None: act=False
+        # v is None: act=False
+        num = x if self.v is None else x * torch.sigmoid(self.v.view(shape) * x)
         return num * (scale * self.weight.view(shape)) + self.bias.view(shape)
 
     def extra_repr(self) -> str:
@@ -129,11 +161,12 @@ class EvoNormS0(nn.Module):
         return f"{self.num_channels}, {groups}, eps={self.eps}, dim={self.dim}{act}"
 
 
-def evonorm_b0(num_channels: int, dim: int = 2, act: bool = True, *, eps: float = 1e-5,
-               momentum: float = 0.1) -> nn.Module:
-    """EvoNorm-B0 (eps 1e-5 and moving-average decay 0.9, i.e. momentum 0.1, as in the authors' code);
-    act=False: its form without the nonlinearity (EvoNormB0). `act` is a layer argument set by the
-    backbone (build_norm's act), not a config option.
+def evonorm_b0(
+    num_channels: int, dim: int = 2, act: bool = True, *, eps: float = 1e-5, momentum: float = 0.1
+) -> nn.Module:
+    """EvoNorm-B0 (eps 1e-5 and moving-average decay 0.9, i.e. momentum 0.1, as in the authors'
+    code); act=False: its form without the nonlinearity (EvoNormB0). `act` is a layer argument set
+    by the backbone (build_norm's act), not a config option.
 
     No dim=1 form: on (N, C) features the instance variance is that of a single value, 0, so the
     layer would divide by max(batch std, v * x + sqrt(eps)), which is no longer the paper's layer;
@@ -144,21 +177,33 @@ def evonorm_b0(num_channels: int, dim: int = 2, act: bool = True, *, eps: float 
     momentum = check_momentum("evonorm_b0", momentum)
     if dim == 1:
         raise NormConfigError(
-            "norm 'evonorm_b0' has no dim=1 form: its instance variance over (H, W) is 0 on a fully "
-            "connected feature (one value per sample and channel); use no norm on fully connected layers"
+            "norm 'evonorm_b0' has no dim=1 form: its instance variance over (H, W) is 0 "
+            "on a fully "
+            "connected feature (one value per sample and channel); use no norm on fully "
+            "connected layers"
         )
     return EvoNormB0(num_channels, eps=eps, momentum=momentum, act=act)
 
 
-def evonorm_s0(num_channels: int, dim: int = 2, act: bool = True, *, groups: int = 32,
-               min_channels_per_group: int = 2, eps: float = 1e-5) -> nn.Module:
-    """EvoNorm-S0 with GN's groups: `resolve_groups(num_channels, groups, min_channels_per_group)` per
-    layer (the paper uses 32 groups; the authors' code takes the largest divisor of C <= 32, which
-    on LeNet's 6-channel layer would be 6 groups of one channel, hence GN's minimum of 2 per group).
-    act=False: its form without the nonlinearity (EvoNormS0); a layer argument, not a config option."""
+def evonorm_s0(
+    num_channels: int,
+    dim: int = 2,
+    act: bool = True,
+    *,
+    groups: int = 32,
+    min_channels_per_group: int = 2,
+    eps: float = 1e-5,
+) -> nn.Module:
+    """EvoNorm-S0 with GN's groups: `resolve_groups(num_channels, groups, min_channels_per_group)`
+    per layer (the paper uses 32 groups; the authors' code takes the largest divisor of C <= 32,
+    which on LeNet's 6-channel layer would be 6 groups of one channel, hence GN's minimum of 2 per
+    group). act=False: its form without the nonlinearity (EvoNormS0); a layer argument, not a config
+    option."""
     check_layer("evonorm_s0", num_channels, dim)
     eps = check_eps("evonorm_s0", eps)
     groups = check_int("evonorm_s0", "groups", groups)
-    min_channels_per_group = check_int("evonorm_s0", "min_channels_per_group", min_channels_per_group)
+    min_channels_per_group = check_int(
+        "evonorm_s0", "min_channels_per_group", min_channels_per_group
+    )
     used = resolve_groups(num_channels, groups, min_channels_per_group)
     return EvoNormS0(num_channels, used, eps=eps, dim=dim, requested_groups=groups, act=act)

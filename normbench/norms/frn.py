@@ -25,13 +25,20 @@ class FilterResponseNorm(nn.Module):
 
     act=False: FRN without the TLU, y = weight * x_hat + bias, and no `tau` parameter -- for the
     positions where the original network has a norm with no activation after it (the last norm of a
-    residual branch, a projection shortcut's norm), where a TLU (a ReLU at its init tau = 0) would make
-    the network non-linear where it is linear. This is timm's FilterResponseNormTlu2d(apply_act=False);
-    the paper defines FRN (normalization + affine) and TLU as separate steps, so it is the paper's FRN.
+    residual branch, a projection shortcut's norm), where a TLU (a ReLU at its init tau = 0) would
+    make the network non-linear where it is linear. This is timm's
+    FilterResponseNormTlu2d(apply_act=False); the paper defines FRN (normalization + affine) and TLU
+    as separate steps, so it is the paper's FRN.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, learned_eps: bool = False, dim: int = 2,
-                 act: bool = True) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-6,
+        learned_eps: bool = False,
+        dim: int = 2,
+        act: bool = True,
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
@@ -49,26 +56,37 @@ class FilterResponseNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
-        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+        # e.g. bf16 under autocast: statistics in the parameters' dtype
+        if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         shape = (1, self.num_channels) + (1,) * (x.dim() - 2)  # broadcast (C,) over N (and H, W)
         nu2 = (x * x).mean(dim=(2, 3), keepdim=True) if self.dim == 2 else x * x
         eps = self.eps if self.eps_l is None else self.eps + self.eps_l.abs().view(shape)
-        # weight * x / sqrt(nu2 + eps) + bias with the per-(sample, channel) factor formed first: two passes
-        # over the activations instead of four (speed: see _fused)
+        # weight * x / sqrt(nu2 + eps) + bias with the per-(sample, channel) factor formed first:
+        # two passes over the activations instead of four (speed: see _fused)
         y = x * (torch.rsqrt(nu2 + eps) * self.weight.view(shape)) + self.bias.view(shape)
         return y if self.tau is None else channel_maximum(y, self.tau.view(shape))
 
     def extra_repr(self) -> str:
-        learned = "learned_eps=True (eps + |eps_l|, eps_l per channel)" if self.learned_eps else "learned_eps=False"
+        learned = (
+            "learned_eps=True (eps + |eps_l|, eps_l per channel)"
+            if self.learned_eps
+            else "learned_eps=False"
+        )
         act = "" if self.act else ", act=False (no TLU)"
         return f"{self.num_channels}, eps={self.eps}, {learned}, dim={self.dim}{act}"
 
 
-def filter_response_norm(num_channels: int, dim: int = 2, act: bool = True, *, eps: float = 1e-6,
-                         learned_eps: bool | str = "auto") -> nn.Module:
-    """FRN + TLU (act=False: FRN alone, no TLU; see FilterResponseNorm). learned_eps: True, False, or
-    "auto" = learned on dim=1 (fully connected) only.
+def filter_response_norm(
+    num_channels: int,
+    dim: int = 2,
+    act: bool = True,
+    *,
+    eps: float = 1e-6,
+    learned_eps: bool | str = "auto",
+) -> nn.Module:
+    """FRN + TLU (act=False: FRN alone, no TLU; see FilterResponseNorm). learned_eps: True, False,
+    or "auto" = learned on dim=1 (fully connected) only.
 
     On fully connected layers nu2 = x^2, so with a fixed tiny eps x_hat is about sign(x); the
     paper learns eps there. Strings "true"/"false"/"auto" (any case) are accepted for configs.

@@ -1,4 +1,5 @@
-"""Ghost Batch Normalization (Hoffer, Hubara & Soudry, "Train longer, generalize better", NeurIPS 2017)."""
+"""Ghost Batch Normalization (Hoffer, Hubara & Soudry, "Train longer, generalize better", NeurIPS
+2017)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._common import (
+    check_eps,
+    check_input,
+    check_int,
+    check_layer,
+    check_momentum,
+    running_stats_affine,
+)
 from ._fused import biased_var_mean
-from ._common import check_eps, check_input, check_int, check_layer, check_momentum, running_stats_affine
 
 
 def ghost_sizes(batch: int, ghost_batch: int) -> list[int]:
@@ -24,19 +32,27 @@ def ghost_sizes(batch: int, ghost_batch: int) -> list[int]:
 
 
 class GhostBatchNorm(nn.Module):
-    """BN whose training statistics come from virtual ("ghost") batches of about `ghost_batch` images.
+    """BN whose training statistics come from virtual ("ghost") batches of about `ghost_batch`
+    images.
 
-    Training: the batch is cut into the virtual batches of `ghost_sizes` (consecutive images); each is
-    normalized with its own per-channel mean and biased variance over (images, H, W); then the
+    Training: the batch is cut into the virtual batches of `ghost_sizes` (consecutive images); each
+    is normalized with its own per-channel mean and biased variance over (images, H, W); then the
     per-channel affine. The running statistics are updated once per virtual batch, in order, exactly
     as if BN were applied to each virtual batch in turn (unbiased variance, torch's momentum
     convention): after k virtual batches old stats weigh (1 - momentum)^k. So the per-step update is
-    stronger than BN's on the whole batch; that is the ghost batch's BN. Eval: BN with the running stats.
-    Computed without a Python loop over virtual batches (at most two reshapes: sizes base+1 and base).
+    stronger than BN's on the whole batch; that is the ghost batch's BN. Eval: BN with the running
+    stats. Computed without a Python loop over virtual batches (at most two reshapes: sizes base+1
+    and base).
     """
 
-    def __init__(self, num_channels: int, ghost_batch: int = 16, eps: float = 1e-5, momentum: float = 0.1,
-                 dim: int = 2) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        ghost_batch: int = 16,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        dim: int = 2,
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.ghost_batch = ghost_batch
@@ -47,31 +63,45 @@ class GhostBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("running_mean", torch.zeros(num_channels))
         self.register_buffer("running_var", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))  # virtual batches seen
+        # virtual batches seen
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
 
         sizes = ghost_sizes(x.shape[0], self.ghost_batch)
         per_image = x[0].numel() // self.num_channels  # H * W (1 on features)
         if min(sizes) * per_image < 2:
-            raise ValueError(f"GhostBatchNorm needs more than 1 value per channel in every virtual batch, "
-                             f"got input {tuple(x.shape)} cut into {sizes}")
-        if x.dtype != self.weight.dtype:  # e.g. bf16 under autocast: statistics in the parameters' dtype
+            raise ValueError(
+                "GhostBatchNorm needs more than 1 value per channel in every "
+                "virtual batch, "
+                f"got input {tuple(x.shape)} cut into {sizes}"
+            )
+        # e.g. bf16 under autocast: statistics in the parameters' dtype
+        if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         parts, means, variances = [], [], []
         start = 0
-        affine = (1, 1, self.num_channels) + (1,) * (x.dim() - 2)  # (virtual batches, images, C, H, W)
-        for size in sorted(set(sizes), reverse=True):  # one vectorized block per distinct size (at most 2)
+        # (virtual batches, images, C, H, W)
+        affine = (1, 1, self.num_channels) + (1,) * (x.dim() - 2)
+        # one vectorized block per distinct size (at most 2)
+        for size in sorted(set(sizes), reverse=True):
             count = sizes.count(size)
-            block = x[start:start + size * count].reshape(count, size, *x.shape[1:])
+            block = x[start : start + size * count].reshape(count, size, *x.shape[1:])
             axes = (1,) + tuple(range(3, block.dim()))  # images of a virtual batch, and H, W
             var, mean = biased_var_mean(block, axes)  # fast two-pass form (see _fused)
-            # (block - mean) / sqrt(var + eps) * weight + bias as one scale and shift per (virtual batch, channel)
+            # (block - mean) / sqrt(var + eps) * weight + bias as one scale and shift per (virtual
+            # batch, channel)
             scale = torch.rsqrt(var + self.eps) * self.weight.view(affine)
-            parts.append((block * scale + (self.bias.view(affine) - mean * scale)).reshape(size * count, *x.shape[1:]))
+            parts.append(
+                (block * scale + (self.bias.view(affine) - mean * scale)).reshape(
+                    size * count, *x.shape[1:]
+                )
+            )
             n = size * per_image
             means.append(mean.reshape(count, self.num_channels))
             variances.append(var.reshape(count, self.num_channels) * (n / (n - 1)))
@@ -81,7 +111,8 @@ class GhostBatchNorm(nn.Module):
 
     @torch.no_grad()
     def _update_running(self, means: torch.Tensor, variances: torch.Tensor) -> None:
-        """k sequential EMA updates in closed form: new = (1-m)^k old + sum_i m (1-m)^(k-1-i) stat_i."""
+        """k sequential EMA updates in closed form: new = (1-m)^k old + sum_i m (1-m)^(k-1-i)
+        stat_i."""
         k, m = means.shape[0], self.momentum
         powers = torch.arange(k - 1, -1, -1, device=means.device, dtype=means.dtype)
         weights = (m * (1.0 - m) ** powers).unsqueeze(1)  # (k, 1); no host-to-device copy
@@ -92,23 +123,36 @@ class GhostBatchNorm(nn.Module):
 
     @torch.no_grad()
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse folds it
-        into the preceding conv/linear): eval is BN's with the running statistics."""
-        return running_stats_affine(self.weight, self.bias, self.running_mean, self.running_var, self.eps)
+        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse
+        folds it into the preceding conv/linear): eval is BN's with the running statistics."""
+        return running_stats_affine(
+            self.weight, self.bias, self.running_mean, self.running_var, self.eps
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.num_channels}, ghost_batch={self.ghost_batch}, eps={self.eps}, momentum={self.momentum}, "
-                f"dim={self.dim}")
+        return (
+            f"{self.num_channels}, ghost_batch={self.ghost_batch}, eps={self.eps}, "
+            f"momentum={self.momentum}, "
+            f"dim={self.dim}"
+        )
 
 
-def ghost_batch_norm(num_channels: int, dim: int = 2, *, ghost_batch: int = 16, eps: float = 1e-5,
-                     momentum: float = 0.1) -> nn.Module:
-    """Ghost BN with virtual batches of `ghost_batch` images (the paper's |B_S|, 128 there for batches of
-    4096; 16 here, for the batch sizes normbench compares). A batch of fewer than 2 * ghost_batch images
-    is one virtual batch, i.e. plain BN; see `ghost_sizes`. ghost_batch >= 2, so that a virtual batch
-    of fully connected features never has a single value per channel."""
+def ghost_batch_norm(
+    num_channels: int,
+    dim: int = 2,
+    *,
+    ghost_batch: int = 16,
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+) -> nn.Module:
+    """Ghost BN with virtual batches of `ghost_batch` images (the paper's |B_S|, 128 there for
+    batches of 4096; 16 here, for the batch sizes normbench compares). A batch of fewer than 2 *
+    ghost_batch images is one virtual batch, i.e. plain BN; see `ghost_sizes`. ghost_batch >= 2, so
+    that a virtual batch of fully connected features never has a single value per channel."""
     check_layer("gbn", num_channels, dim)
     ghost_batch = check_int("gbn", "ghost_batch", ghost_batch, minimum=2)
     eps = check_eps("gbn", eps)
     momentum = check_momentum("gbn", momentum)
-    return GhostBatchNorm(num_channels, ghost_batch=ghost_batch, eps=eps, momentum=momentum, dim=dim)
+    return GhostBatchNorm(
+        num_channels, ghost_batch=ghost_batch, eps=eps, momentum=momentum, dim=dim
+    )

@@ -12,7 +12,9 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def resolve_groups(num_channels: int, groups: int = 32, min_channels_per_group: int = 2, strict: bool = False) -> int:
+def resolve_groups(
+    num_channels: int, groups: int = 32, min_channels_per_group: int = 2, strict: bool = False
+) -> int:
     """The number of groups GN uses on a layer of `num_channels` channels.
 
     Not strict: the largest divisor of C that is <= `groups` and <= C // `min_channels_per_group`
@@ -26,7 +28,8 @@ def resolve_groups(num_channels: int, groups: int = 32, min_channels_per_group: 
     if parse_flag("gn", "strict", strict):
         if num_channels % groups:
             raise NormConfigError(
-                f"norm 'gn' (strict): groups={groups} does not divide the layer width C={num_channels}; "
+                f"norm 'gn' (strict): groups={groups} does not divide the layer width "
+                f"C={num_channels}; "
                 f"divisors of {num_channels}: {', '.join(map(str, _divisors(num_channels)))} "
                 f"(or set norm.strict=false to pick the largest divisor <= {groups} per layer)"
             )
@@ -42,8 +45,14 @@ class GroupNorm(nn.GroupNorm):
     dim=2: input (N, C, H, W); dim=1: input (N, C), each group normalized over its C/G features.
     """
 
-    def __init__(self, num_channels: int, num_groups: int, eps: float = 1e-5, dim: int = 2,
-                 requested_groups: int | None = None) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int,
+        eps: float = 1e-5,
+        dim: int = 2,
+        requested_groups: int | None = None,
+    ) -> None:
         super().__init__(num_groups, num_channels, eps=eps, affine=True)
         self.dim = dim
         self.requested_groups = num_groups if requested_groups is None else requested_groups
@@ -59,8 +68,15 @@ class GroupNorm(nn.GroupNorm):
         return f"{self.num_channels}, {groups}, eps={self.eps}, dim={self.dim}"
 
 
-def group_norm(num_channels: int, dim: int = 2, *, groups: int = 32, min_channels_per_group: int = 2,
-               strict: bool = False, eps: float = 1e-5) -> nn.Module:
+def group_norm(
+    num_channels: int,
+    dim: int = 2,
+    *,
+    groups: int = 32,
+    min_channels_per_group: int = 2,
+    strict: bool = False,
+    eps: float = 1e-5,
+) -> nn.Module:
     """GN with `resolve_groups(num_channels, groups, min_channels_per_group, strict)` groups."""
     check_layer("gn", num_channels, dim)
     eps = check_eps("gn", eps)
@@ -68,12 +84,25 @@ def group_norm(num_channels: int, dim: int = 2, *, groups: int = 32, min_channel
     return GroupNorm(num_channels, used, eps=eps, dim=dim, requested_groups=groups)
 
 
-def gn_ws(num_channels: int, dim: int = 2, *, groups: int = 32, min_channels_per_group: int = 2,
-          strict: bool = False, eps: float = 1e-5) -> nn.Module:
-    """GN + Weight Standardization (Qiao et al., 2019): the norm layer is exactly `group_norm`'s (same
-    options); the WS half is not in this module but on the convs, which build_model turns into
+def gn_ws(
+    num_channels: int,
+    dim: int = 2,
+    *,
+    groups: int = 32,
+    min_channels_per_group: int = 2,
+    strict: bool = False,
+    eps: float = 1e-5,
+) -> nn.Module:
+    """GN + Weight Standardization (Qiao et al., 2019): the norm layer is exactly `group_norm`'s
+    (same options); the WS half is not in this module but on the convs, which build_model turns into
     StandardizedConv2d because the registry gives gn_ws conv_weight="standardize". Linear layers are
     not standardized (the WS paper standardizes conv weights)."""
     check_layer("gn_ws", num_channels, dim)
-    return group_norm(num_channels, dim, groups=groups, min_channels_per_group=min_channels_per_group,
-                      strict=strict, eps=eps)
+    return group_norm(
+        num_channels,
+        dim,
+        groups=groups,
+        min_channels_per_group=min_channels_per_group,
+        strict=strict,
+        eps=eps,
+    )

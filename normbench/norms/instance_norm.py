@@ -18,7 +18,8 @@ def instance_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5) -> nn.M
     eps = check_eps("in", eps)
     if dim == 1:
         raise NormConfigError(
-            "norm 'in' has no dim=1 form: a fully connected feature has one value per (sample, channel), "
+            "norm 'in' has no dim=1 form: a fully connected feature has one value per "
+            "(sample, channel), "
             "which instance normalization would set to 0; use no norm on fully connected layers"
         )
     return nn.InstanceNorm2d(num_channels, eps=eps, affine=True, track_running_stats=False)

@@ -20,63 +20,72 @@ class MovingAverageBatchNorm(nn.Module):
     Per channel, over (N, H, W) for dim=2 and over N for dim=1 (no mean is ever subtracted):
 
     forward, training iteration t (see "Iterations" below), B = buffer_size:
-        chi2_t   = E[x^2]                                  this batch's statistic
-        var      = chi2_t                       if t <= B or t < warmup_iters   (raw batch statistic)
+        chi2_t   = E[x^2]                                  this batch's statistic var      = chi2_t
+        if t <= B or t < warmup_iters   (raw batch statistic)
                  = mean(chi2_{t-B+1}, ..., chi2_t)          otherwise           (SMAS, forward)
         z        = x / sqrt(var + eps)
         r        = 1                            if t <= max(renorm_iters, warmup_iters)
                  = clip(sqrt(var + eps) / sqrt(running_var + eps), 1/r_max, r_max)  otherwise
                    (running_var as it was BEFORE this step's update; r is a constant for autograd)
-        y        = weight * (r * z) + bias
-        running_var <- momentum * running_var + (1 - momentum) * var          (EMAS, after r is taken)
+        y        = weight * (r * z) + bias running_var <- momentum * running_var + (1 - momentum) *
+        var          (EMAS, after r is taken)
     backward, with dy = dL/dy and g = dy * weight * r:
-        psi      = E[g * z]                                 this batch's statistic
-        psibar   = psi if the forward used the raw statistic, else the mean of the last B psi (SMAS, backward)
-        dx       = (g - z * psibar) / sqrt(var + eps)
-        dweight  = sum(dy * r * z),   dbias = sum(dy)
+        psi      = E[g * z]                                 this batch's statistic psibar   = psi if
+        the forward used the raw statistic, else the mean of the last B psi (SMAS, backward) dx
+        = (g - z * psibar) / sqrt(var + eps) dweight  = sum(dy * r * z),   dbias = sum(dy)
     eval: y = weight * x / sqrt(running_var + eps) + bias; nothing changes (no buffer is written).
 
-    Iterations. ``iters`` counts the TRAINING-mode forwards of this layer; forward number t (1-based,
-    the count including itself) is iteration t. Every training forward is one iteration, whether or not
-    a backward follows: with ``accum`` micro-batches per optimizer step each micro-batch is one iteration
-    (that is what a device of a multi-GPU run sees), and a training-mode forward under ``torch.no_grad``
-    is one too (its chi2 enters the forward ring and running_var moves). Eval-mode forwards are not
-    iterations. Iteration t writes chi2_t into ``chi2_buffer[(t - 1) % B]``, so from t = B on the ring
-    holds exactly chi2_{t-B+1..t}.
+    Iterations. ``iters`` counts the TRAINING-mode forwards of this layer; forward number t
+    (1-based, the count including itself) is iteration t. Every training forward is one iteration,
+    whether or not a backward follows: with ``accum`` micro-batches per optimizer step each
+    micro-batch is one iteration (that is what a device of a multi-GPU run sees), and a
+    training-mode forward under ``torch.no_grad`` is one too (its chi2 enters the forward ring and
+    running_var moves). Eval-mode forwards are not iterations. Iteration t writes chi2_t into
+    ``chi2_buffer[(t - 1) % B]``, so from t = B on the ring holds exactly chi2_{t-B+1..t}.
 
-    The backward statistic is written by backward passes: ``backward_iters`` counts them, and backward
-    number k writes its psi into ``psi_buffer[(k - 1) % B]``; an averaged psibar is the mean of the last
-    min(k, B) psi written (this one included). With one backward per forward, in order -- plain training,
-    and normbench's ``accum`` (each micro-batch runs its own forward and backward) -- k = t and psibar is
-    exactly mean(psi_{t-B+1..t}). A training forward whose backward never runs contributes no psi (there
-    is none) instead of leaving a stale or zero slot; several forwards before one backward (their outputs
-    summed into one loss) are several iterations whose backwards append their psi in the order autograd
-    runs them. Whether a backward uses the raw psi or psibar follows the forward it belongs to.
+    The backward statistic is written by backward passes: ``backward_iters`` counts them, and
+    backward number k writes its psi into ``psi_buffer[(k - 1) % B]``; an averaged psibar is the
+    mean of the last min(k, B) psi written (this one included). With one backward per forward, in
+    order -- plain training, and normbench's ``accum`` (each micro-batch runs its own forward and
+    backward) -- k = t and psibar is exactly mean(psi_{t-B+1..t}). A training forward whose backward
+    never runs contributes no psi (there is none) instead of leaving a stale or zero slot; several
+    forwards before one backward (their outputs summed into one loss) are several iterations whose
+    backwards append their psi in the order autograd runs them. Whether a backward uses the raw psi
+    or psibar follows the forward it belongs to.
 
     State. Everything lives in buffers (``running_var`` (C,), the rings ``chi2_buffer`` and
-    ``psi_buffer`` (buffer_size, C), the counters ``iters`` and ``backward_iters``), so a layer loaded
-    from a state_dict continues bit-identically. No host-device synchronisation per step: the phase of
-    iteration t is decided on the host from Python-int mirrors of the two counters (advanced together
-    with the buffers, re-read from them by load_state_dict), never by reading a device tensor. Change
-    the counters only through ``load_state_dict`` or ``reset_running_stats``.
+    ``psi_buffer`` (buffer_size, C), the counters ``iters`` and ``backward_iters``), so a layer
+    loaded from a state_dict continues bit-identically. No host-device synchronisation per step: the
+    phase of iteration t is decided on the host from Python-int mirrors of the two counters
+    (advanced together with the buffers, re-read from them by load_state_dict), never by reading a
+    device tensor. Change the counters only through ``load_state_dict`` or ``reset_running_stats``.
 
-    Speed. r only appears as r / sqrt(var + eps) = 1 / sqrt(denom), denom = (var + eps) * clip((running_var
-    + eps) / (var + eps), 1/r_max^2, r_max^2) (denom = var + eps while r = 1). The forward is then torch's
-    eval-mode batch-norm kernel with running_mean 0 and running_var denom (eps folded in), and the backward
-    gets g / sqrt(var + eps), dweight = sum(dy * r * z) and dbias from ONE eval-mode batch-norm backward
-    kernel, then subtracts x * psibar / (var + eps) in place: two passes over the activations each way.
-    The per-channel work is a dozen ops on (C,) tensors per direction, where each op costs its dispatch,
-    so it avoids Python-number operands, recomputation and .mean() (a matrix-vector product instead).
+    Speed. r only appears as r / sqrt(var + eps) = 1 / sqrt(denom), denom = (var + eps) *
+    clip((running_var + eps) / (var + eps), 1/r_max^2, r_max^2) (denom = var + eps while r = 1). The
+    forward is then torch's eval-mode batch-norm kernel with running_mean 0 and running_var denom
+    (eps folded in), and the backward gets g / sqrt(var + eps), dweight = sum(dy * r * z) and dbias
+    from ONE eval-mode batch-norm backward kernel, then subtracts x * psibar / (var + eps) in place:
+    two passes over the activations each way. The per-channel work is a dozen ops on (C,) tensors
+    per direction, where each op costs its dispatch, so it avoids Python-number operands,
+    recomputation and .mean() (a matrix-vector product instead).
 
-    Input of another dtype (e.g. under autocast) is cast to the parameters' dtype. The backward is not
-    itself differentiable (create_graph=True raises). Weight centralization of every conv (the paper's
-    other half) is not part of this module: the NormSpec asks build_model to centre every conv
-    (conv_weight="center", option center_weights).
+    Input of another dtype (e.g. under autocast) is cast to the parameters' dtype. The backward is
+    not itself differentiable (create_graph=True raises). Weight centralization of every conv (the
+    paper's other half) is not part of this module: the NormSpec asks build_model to centre every
+    conv (conv_weight="center", option center_weights).
     """
 
-    def __init__(self, num_channels: int, dim: int = 2, eps: float = 1e-5, momentum: float = 0.98,
-                 buffer_size: int = 16, warmup_iters: int = 100, renorm_iters: int = 1000,
-                 r_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        dim: int = 2,
+        eps: float = 1e-5,
+        momentum: float = 0.98,
+        buffer_size: int = 16,
+        warmup_iters: int = 100,
+        renorm_iters: int = 1000,
+        r_max: float = 5.0,
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.dim = dim
@@ -93,22 +102,25 @@ class MovingAverageBatchNorm(nn.Module):
         self.register_buffer("psi_buffer", torch.zeros(buffer_size, num_channels))
         self.register_buffer("iters", torch.tensor(0, dtype=torch.long))
         self.register_buffer("backward_iters", torch.tensor(0, dtype=torch.long))
-        # constants, not state (not in the state_dict): the zero running_mean handed to torch's batch-norm
-        # kernels, and 1 as a 0-d tensor (an op with a Python-number operand costs about twice one with a
-        # ready tensor, and these tiny per-channel ops are all overhead); more in _constants()
+        # constants, not state (not in the state_dict): the zero running_mean handed to torch's
+        # batch-norm kernels, and 1 as a 0-d tensor (an op with a Python-number operand costs about
+        # twice one with a ready tensor, and these tiny per-channel ops are all overhead); more in
+        # _constants()
         self.register_buffer("_zeros", torch.zeros(num_channels), persistent=False)
         self.register_buffer("_one", torch.tensor(1), persistent=False)
         self._constants_for: torch.Tensor | None = None
         self._constants_cache: tuple[torch.Tensor, ...] = ()
-        self._iters = 0            # host mirrors of the two counters
+        self._iters = 0  # host mirrors of the two counters
         self._backward_iters = 0
         self._r2, self._inv_r2 = r_max * r_max, 1.0 / (r_max * r_max)
-        self._rings: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]] = {}  # see _ring
+        # see _ring
+        self._rings: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
 
     # ---------------------------------------------------------------------------- schedule
     @property
     def iteration(self) -> int:
-        """Training forwards done so far (the last iteration's t); read from the host mirror, no sync."""
+        """Training forwards done so far (the last iteration's t); read from the host mirror, no
+        sync."""
         return self._iters
 
     @property
@@ -117,7 +129,8 @@ class MovingAverageBatchNorm(nn.Module):
         return max(self.renorm_iters, self.warmup_iters)
 
     def uses_batch_stats(self, t: int) -> bool:
-        """Iteration t normalizes with this batch's chi2 (and its backward with this batch's psi)."""
+        """Iteration t normalizes with this batch's chi2 (and its backward with this batch's
+        psi)."""
         return t <= self.buffer_size or t < self.warmup_iters
 
     # ------------------------------------------------------------------------------ state
@@ -130,37 +143,43 @@ class MovingAverageBatchNorm(nn.Module):
         self.backward_iters.zero_()
         self._iters = self._backward_iters = 0
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # the one place the counters are read back to the host (load time, not a training step)
         self._iters = int(self.iters)
         self._backward_iters = int(self.backward_iters)
 
     def _constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(eps, 0, 1/buffer_size per ring row): 0-d, 0-d and (buffer_size,) tensors of running_var's dtype and
-        device, made again when running_var is replaced (.to(), .double(), ...: a float32 buffer converted to
-        float64 would not hold 1e-5 exactly)."""
+        """(eps, 0, 1/buffer_size per ring row): 0-d, 0-d and (buffer_size,) tensors of
+        running_var's dtype and device, made again when running_var is replaced (.to(), .double(),
+        ...: a float32 buffer converted to float64 would not hold 1e-5 exactly)."""
         running_var = self._buffers["running_var"]
         if self._constants_for is not running_var:
             like = dict(dtype=running_var.dtype, device=running_var.device)
-            self._constants_cache = (torch.full((), self.eps, **like), torch.zeros((), **like),
-                                     torch.full((self.buffer_size,), 1.0 / self.buffer_size, **like))
+            self._constants_cache = (
+                torch.full((), self.eps, **like),
+                torch.zeros((), **like),
+                torch.full((self.buffer_size,), 1.0 / self.buffer_size, **like),
+            )
             self._constants_for = running_var
         return self._constants_cache  # type: ignore[return-value]
 
     def _ring(self, name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(ring buffer, its transpose, its rows): the views are made once per buffer tensor, and again when
-        .to() / load_state_dict(assign=True) / a copy replaced or re-allocated it."""
+        """(ring buffer, its transpose, its rows): the views are made once per buffer tensor, and
+        again when .to() / load_state_dict(assign=True) / a copy replaced or re-allocated it."""
         ring = self._buffers[name]
         views = self._rings.get(name)
         if views is None or views[0] is not ring or views[2][0].data_ptr() != ring.data_ptr():
             views = self._rings[name] = (ring, ring.t(), ring.unbind(0))
         return views
 
-    def _ring_mean(self, views: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]],
-                   filled: int) -> torch.Tensor:
-        """Mean of a ring's filled rows (all once `filled` >= buffer_size), all rows as one matrix-vector
-        product (a third of what .mean(0) costs on tiny tensors)."""
+    def _ring_mean(
+        self, views: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]], filled: int
+    ) -> torch.Tensor:
+        """Mean of a ring's filled rows (all once `filled` >= buffer_size), all rows as one
+        matrix-vector product (a third of what .mean(0) costs on tiny tensors)."""
         if filled < self.buffer_size:
             return views[0][:filled].mean(0)
         return torch.mv(views[1], self._constants()[2])
@@ -168,43 +187,61 @@ class MovingAverageBatchNorm(nn.Module):
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
-        if x.dtype != self.weight.dtype:  # e.g. under autocast: MABN computes in its parameters' dtype
+        # e.g. under autocast: MABN computes in its parameters' dtype
+        if x.dtype != self.weight.dtype:
             x = x.to(self.weight.dtype)
         if not self.training:
-            return F.batch_norm(x, self._zeros, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self._zeros, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         if x.dim() == 4 and x.is_cuda and not x.is_contiguous():
-            x = x.contiguous()  # channels_last: torch's CUDA eval-mode batch-norm backward asserts on it
-        if torch.is_autocast_enabled(x.device.type):  # CUDA autocast would run the ring means (mv) in bf16/fp16
+            # channels_last: torch's CUDA eval-mode batch-norm backward asserts on it
+            x = x.contiguous()
+        # CUDA autocast would run the ring means (mv) in bf16/fp16
+        if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return _MABNFunction.apply(x, self.weight, self.bias, self)
         return _MABNFunction.apply(x, self.weight, self.bias, self)
 
     @torch.no_grad()
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), float64, with eval output = scale * x + shift per channel (for folding into a conv)."""
+        """(scale, shift), float64, with eval output = scale * x + shift per channel (for folding
+        into a conv)."""
         scale = self.weight.double() * torch.rsqrt(self.running_var.double() + self.eps)
         return scale, self.bias.double().clone()
 
     def extra_repr(self) -> str:
-        return (f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, buffer_size={self.buffer_size}, "
-                f"warmup_iters={self.warmup_iters}, renorm_iters={self.renorm_iters}, r_max={self.r_max}, "
-                f"dim={self.dim}")
+        return (
+            f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
+            f"buffer_size={self.buffer_size}, "
+            f"warmup_iters={self.warmup_iters}, renorm_iters={self.renorm_iters}, "
+            f"r_max={self.r_max}, "
+            f"dim={self.dim}"
+        )
 
 
 class _MABNFunction(torch.autograd.Function):
-    """One training iteration of a MovingAverageBatchNorm `layer` (which holds the state and options)."""
+    """One training iteration of a MovingAverageBatchNorm `layer` (which holds the state and
+    options)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                layer: MovingAverageBatchNorm) -> torch.Tensor:
-        # (speed: the per-channel tensors are tiny, so each op costs its dispatch; the code keeps their number low)
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        layer: MovingAverageBatchNorm,
+    ) -> torch.Tensor:
+        # (speed: the per-channel tensors are tiny, so each op costs its dispatch; the code keeps
+        # their number low)
         buffers = layer._buffers
         t = layer._iters + 1
         layer._iters = t
         buffers["iters"].add_(buffers["_one"])
         eps, zero, _ = layer._constants()
         n = x.numel() // layer.num_channels
-        square = torch.addcmul(zero, x, x, value=1.0 / n)  # x^2 / n: its sums over the axes are E[x^2]
+        # x^2 / n: its sums over the axes are E[x^2]
+        square = torch.addcmul(zero, x, x, value=1.0 / n)
         axes = (0, 2, 3) if layer.dim == 2 else (0,)
         raw = layer.uses_batch_stats(t)
         ring = layer._ring("chi2_buffer")
@@ -217,35 +254,69 @@ class _MABNFunction(torch.autograd.Function):
             var = layer._ring_mean(ring, t)
         running_var = buffers["running_var"]
         if t > layer.fixed_r_iters:
-            # r = clip(sqrt(var+eps) / sqrt(running_var+eps), 1/r_max, r_max) enters only as r / sqrt(var+eps)
-            # = 1 / sqrt(denom) with denom = (var+eps) * clip((running_var+eps) / (var+eps), 1/r_max^2, r_max^2)
+            # r = clip(sqrt(var+eps) / sqrt(running_var+eps), 1/r_max, r_max) enters only as r /
+            # sqrt(var+eps) = 1 / sqrt(denom) with denom = (var+eps) * clip((running_var+eps) /
+            # (var+eps), 1/r_max^2, r_max^2)
             var_eps = torch.add(var, eps)
-            denom = torch.add(running_var, eps).div_(var_eps).clamp_(layer._inv_r2, layer._r2).mul_(var_eps)
+            denom = (
+                torch.add(running_var, eps)
+                .div_(var_eps)
+                .clamp_(layer._inv_r2, layer._r2)
+                .mul_(var_eps)
+            )
             denom_eps = 0.0
         else:  # r = 1
             var_eps, denom, denom_eps = None, var, layer.eps
         running_var.lerp_(var, 1.0 - layer.momentum)  # after r was taken
-        # y = weight * x / sqrt(denom + denom_eps) + bias = weight * r * z + bias, by the eval-mode BN kernel
-        # (running_mean 0, running_var denom)
-        y = torch.batch_norm(x, weight, bias, buffers["_zeros"], denom, False, 0.0, denom_eps,
-                             torch.backends.cudnn.enabled)
+        # y = weight * x / sqrt(denom + denom_eps) + bias = weight * r * z + bias, by the eval-mode
+        # BN kernel (running_mean 0, running_var denom)
+        y = torch.batch_norm(
+            x,
+            weight,
+            bias,
+            buffers["_zeros"],
+            denom,
+            False,
+            0.0,
+            denom_eps,
+            torch.backends.cudnn.enabled,
+        )
         ctx.save_for_backward(x, weight)
         ctx.layer, ctx.raw, ctx.n, ctx.denom, ctx.denom_eps, ctx.var_eps = (
-            layer, raw, n, denom, denom_eps, var_eps)
+            layer,
+            raw,
+            n,
+            denom,
+            denom_eps,
+            var_eps,
+        )
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if torch.is_grad_enabled():
-            raise RuntimeError("MABN's backward is not differentiable (no double backward / create_graph=True)")
+            raise RuntimeError(
+                "MABN's backward is not differentiable (no double backward / create_graph=True)"
+            )
         x, weight = ctx.saved_tensors
         layer: MovingAverageBatchNorm = ctx.layer
         buffers = layer._buffers
         need_x, need_weight, need_bias, _ = ctx.needs_input_grad
-        # the eval-mode BN backward kernel (running_mean 0, running_var denom) gives in one pass
-        # dx0 = dy * weight * r / sqrt(var+eps) = g / sqrt(var+eps),  dweight = sum(dy * r * z),  dbias = sum(dy)
-        dx, dweight, dbias = _bn_backward(dy, x, weight, buffers["_zeros"], ctx.denom, None, None, False,
-                                          ctx.denom_eps, [need_x, True, need_bias])
+        # the eval-mode BN backward kernel (running_mean 0, running_var denom) gives in one pass dx0
+        # = dy * weight * r / sqrt(var+eps) = g / sqrt(var+eps),  dweight = sum(dy * r * z),  dbias
+        # = sum(dy)
+        dx, dweight, dbias = _bn_backward(
+            dy,
+            x,
+            weight,
+            buffers["_zeros"],
+            ctx.denom,
+            None,
+            None,
+            False,
+            ctx.denom_eps,
+            [need_x, True, need_bias],
+        )
         k = layer._backward_iters + 1
         layer._backward_iters = k
         buffers["backward_iters"].add_(buffers["_one"])
@@ -256,7 +327,11 @@ class _MABNFunction(torch.autograd.Function):
         if need_x:
             psibar = psi if ctx.raw else layer._ring_mean(ring, k)
             # dx = (g - z * psibar) / sqrt(var+eps) = dx0 - x * psibar / (var+eps)
-            var_eps = ctx.var_eps if ctx.var_eps is not None else torch.add(ctx.denom, layer._constants()[0])
+            var_eps = (
+                ctx.var_eps
+                if ctx.var_eps is not None
+                else torch.add(ctx.denom, layer._constants()[0])
+            )
             coef = torch.div(psibar, var_eps)
             dx.addcmul_(x, coef if layer.dim == 1 else coef.view(-1, 1, 1), value=-1.0)
         return dx, dweight if need_weight else None, dbias if need_bias else None, None
@@ -266,20 +341,36 @@ _bn_backward = torch.ops.aten.native_batch_norm_backward.default
 
 
 def _check_real(option: str, value: object, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise NormConfigError(f"norm 'mabn': {option} must be a finite number {bounds}, got {value!r}")
+        raise NormConfigError(
+            f"norm 'mabn': {option} must be a finite number {bounds}, got {value!r}"
+        )
     return float(value)
 
 
-def moving_average_batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float = 0.98,
-                              buffer_size: int = 16, warmup_iters: int = 100, renorm_iters: int = 1000,
-                              r_max: float = 5.0, center_weights: bool = True) -> nn.Module:
-    """MABN with the official defaults. momentum is the weight of the OLD value (running = 0.98 * running
-    + 0.02 * var, the paper's convention, not torch's); r_max >= 1 bounds r to [1/r_max, r_max] once
-    r is released after max(renorm_iters, warmup_iters) iterations; buffer_size is the SMAS window.
-    center_weights is read by the backbone builder (weight centralization of every conv, on by default)
-    and does not change this layer."""
+def moving_average_batch_norm(
+    num_channels: int,
+    dim: int = 2,
+    *,
+    eps: float = 1e-5,
+    momentum: float = 0.98,
+    buffer_size: int = 16,
+    warmup_iters: int = 100,
+    renorm_iters: int = 1000,
+    r_max: float = 5.0,
+    center_weights: bool = True,
+) -> nn.Module:
+    """MABN with the official defaults. momentum is the weight of the OLD value (running = 0.98 *
+    running + 0.02 * var, the paper's convention, not torch's); r_max >= 1 bounds r to [1/r_max,
+    r_max] once r is released after max(renorm_iters, warmup_iters) iterations; buffer_size is the
+    SMAS window. center_weights is read by the backbone builder (weight centralization of every
+    conv, on by default) and does not change this layer."""
     check_layer("mabn", num_channels, dim)
     eps = check_eps("mabn", eps)
     momentum = _check_real("momentum", momentum, 0.0, 1.0)
@@ -287,7 +378,18 @@ def moving_average_batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1
     warmup_iters = check_int("mabn", "warmup_iters", warmup_iters, minimum=0)
     renorm_iters = check_int("mabn", "renorm_iters", renorm_iters, minimum=0)
     r_max = _check_real("r_max", r_max, 1.0)
-    if not isinstance(center_weights, bool):  # the backbone reads it by truthiness: only a real bool is safe
-        raise NormConfigError(f"norm 'mabn': center_weights must be true or false, got {center_weights!r}")
-    return MovingAverageBatchNorm(num_channels, dim, eps=eps, momentum=momentum, buffer_size=buffer_size,
-                                  warmup_iters=warmup_iters, renorm_iters=renorm_iters, r_max=r_max)
+    # the backbone reads it by truthiness: only a real bool is safe
+    if not isinstance(center_weights, bool):
+        raise NormConfigError(
+            f"norm 'mabn': center_weights must be true or false, got {center_weights!r}"
+        )
+    return MovingAverageBatchNorm(
+        num_channels,
+        dim,
+        eps=eps,
+        momentum=momentum,
+        buffer_size=buffer_size,
+        warmup_iters=warmup_iters,
+        renorm_iters=renorm_iters,
+        r_max=r_max,
+    )

@@ -1,6 +1,6 @@
-"""Paper-formula references for every registered norm, in plain float64 tensor math: `normbench check` and
-the tests hold the layers against these. Each takes the input `x` and a dict `p` of parameters
-(weight, bias, and tau / eps_l / v where the norm has them)."""
+"""Paper-formula references for every registered norm, in plain float64 tensor math: `normbench
+check` and the tests hold the layers against these. Each takes the input `x` and a dict `p` of
+parameters (weight, bias, and tau / eps_l / v where the norm has them)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def ref_gn(x, p, eps, groups):
 
 
 def ref_frn(x, p, eps, act=True):
-    """FRN: y = gamma * x / sqrt(nu2 + eps) + beta; with act, the TLU z = max(y, tau); act=False: y."""
+    """FRN: y = gamma * x / sqrt(nu2 + eps) + beta; with act, the TLU z = max(y, tau); act=False:
+    y."""
     nu2 = (x**2).mean(dim=(2, 3), keepdim=True) if x.dim() == 4 else x**2
     e = eps + _bcast(p["eps_l"].abs(), x) if "eps_l" in p else eps
     y = _affine(x / torch.sqrt(nu2 + e), p, x)
@@ -83,10 +84,13 @@ def ref_none(x, p):
 
 
 def ref_mabn(x, p, eps, mode):
-    """MABN at its first iterations (raw E[x^2], r = 1) in train mode, or fresh (running_var = 1) in eval."""
+    """MABN at its first iterations (raw E[x^2], r = 1) in train mode, or fresh (running_var = 1) in
+    eval."""
     if mode == "eval":
         return _affine(x / math.sqrt(1.0 + eps), p, x)
-    return _affine(x / torch.sqrt((x**2).mean(dim=(0,) + tuple(range(2, x.dim())), keepdim=True) + eps), p, x)
+    return _affine(
+        x / torch.sqrt((x**2).mean(dim=(0,) + tuple(range(2, x.dim())), keepdim=True) + eps), p, x
+    )
 
 
 def _axes(x):
@@ -98,16 +102,20 @@ def _biased_var(x, axes):
 
 
 def ref_brn_limits(t, r_max, d_max, start, r_end, d_end):
-    """Paper's warm-up: r_max 1 -> r_max and d_max 0 -> d_max, linear from step `start` to `*_end`."""
+    """Paper's warm-up: r_max 1 -> r_max and d_max 0 -> d_max, linear from step `start` to
+    `*_end`."""
+
     def ramp(end):
         if t < start:
             return 0.0
         return 1.0 if end == start else min(1.0, (t - start) / (end - start))
+
     return 1.0 + (r_max - 1.0) * ramp(r_end), d_max * ramp(d_end)
 
 
 def ref_brn_train(x, p, eps, rm, rv, rmax, dmax):
-    """Batch Renorm, Algorithm 1: r and d from the running stats before the update, no gradient through them."""
+    """Batch Renorm, Algorithm 1: r and d from the running stats before the update, no gradient
+    through them."""
     axes = _axes(x)
     mean = x.mean(dim=axes, keepdim=True)
     std_b = torch.sqrt(_biased_var(x, axes) + eps)
@@ -123,8 +131,8 @@ def ref_gbn_train(x, p, eps, sizes):
 
 
 def ref_evonorm_b0(x, p, eps, running_var=None, act=True):
-    """EvoNorm-B0: x / max(sqrt(s2_b + eps), v x + sqrt(s2_i + eps)) * gamma + beta; biased variances;
-    s2_b is the batch variance over (N, H, W) in training, `running_var` in eval.
+    """EvoNorm-B0: x / max(sqrt(s2_b + eps), v x + sqrt(s2_i + eps)) * gamma + beta; biased
+    variances; s2_b is the batch variance over (N, H, W) in training, `running_var` in eval.
     act=False: x / sqrt(s2_b + eps) * gamma + beta (no v, no instance term)."""
     var_b = _biased_var(x, (0, 2, 3)) if running_var is None else _bcast(running_var, x)
     left = torch.sqrt(var_b + eps).expand(x.shape)

@@ -1,7 +1,7 @@
-"""Synchronized (cross-GPU) Batch Normalization (Peng et al., "MegDet", CVPR 2018), via torch's nn.SyncBatchNorm."""
+"""Synchronized (cross-GPU) Batch Normalization (Peng et al., "MegDet", CVPR 2018), via torch's
+nn.SyncBatchNorm."""
 
 from __future__ import annotations
-
 
 import torch
 import torch.distributed as dist
@@ -11,7 +11,8 @@ from ._common import check_eps, check_input, check_layer, check_momentum
 
 
 def _layer_world_size(layer: nn.SyncBatchNorm) -> int:
-    """How many processes `layer` averages its training statistics over: 1 outside a process group."""
+    """How many processes `layer` averages its training statistics over: 1 outside a process
+    group."""
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(layer.process_group or dist.group.WORLD)
@@ -20,12 +21,12 @@ def _layer_world_size(layer: nn.SyncBatchNorm) -> int:
 def sync_world_size(module: nn.Module) -> int:
     """The number of processes whose batches the SyncBN layers in `module` share statistics over.
 
-    1 means nothing is synchronised (no process group, or a group of one): the layers are then exactly
-    BN over this process's batch. If layers disagree (different process groups) the smallest is
-    returned, i.e. the weakest synchronisation in the model. Raises ValueError when `module` contains
-    no nn.SyncBatchNorm. Statistics are only ever synchronised in training mode (eval uses the
-    running statistics). torch's kernel synchronises CUDA/XPU/HPU/PrivateUse1 tensors; CPU tensors (gloo) are
-    synchronised by `_cpu_sync_forward` below.
+    1 means nothing is synchronised (no process group, or a group of one): the layers are then
+    exactly BN over this process's batch. If layers disagree (different process groups) the smallest
+    is returned, i.e. the weakest synchronisation in the model. Raises ValueError when `module`
+    contains no nn.SyncBatchNorm. Statistics are only ever synchronised in training mode (eval uses
+    the running statistics). torch's kernel synchronises CUDA/XPU/HPU/PrivateUse1 tensors; CPU
+    tensors (gloo) are synchronised by `_cpu_sync_forward` below.
     """
     layers = [m for m in module.modules() if isinstance(m, nn.SyncBatchNorm)]
     if not layers:
@@ -34,16 +35,19 @@ def sync_world_size(module: nn.Module) -> int:
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):
-    """nn.SyncBatchNorm that checks its input layout, works in a single process, and says whether it syncs.
+    """nn.SyncBatchNorm that checks its input layout, works in a single process, and says whether it
+    syncs.
 
     With more than one process in its group it is torch's SyncBatchNorm: the training statistics are
-    the mean and biased variance over the batches of all processes. With one process (no process group,
-    or a group of one) it is exactly nn.BatchNorm1d/2d, including on the CPU, where torch's own
-    SyncBatchNorm raises inside a process group even of size one. `world_size` (and
+    the mean and biased variance over the batches of all processes. With one process (no process
+    group, or a group of one) it is exactly nn.BatchNorm1d/2d, including on the CPU, where torch's
+    own SyncBatchNorm raises inside a process group even of size one. `world_size` (and
     `sync_world_size(model)`) tell which case a layer is in; the repr shows it, so run records do.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1, dim: int = 2) -> None:
+    def __init__(
+        self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1, dim: int = 2
+    ) -> None:
         super().__init__(num_channels, eps=eps, momentum=momentum)
         self.dim = dim
 
@@ -54,31 +58,38 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_features)
         if self.training and self.world_size > 1:
-            if x.device.type == "cpu":  # torch's SyncBatchNorm kernel is GPU-only; gloo groups sync CPU tensors
+            # torch's SyncBatchNorm kernel is GPU-only; gloo groups sync CPU tensors
+            if x.device.type == "cpu":
                 return _cpu_sync_forward(self, x)
             return super().forward(x)
-        # one process: plain BN (torch's SyncBatchNorm would take this path too, except that it first
-        # rejects CPU tensors whenever a process group exists)
+        # one process: plain BN (torch's SyncBatchNorm would take this path too, except that it
+        # first rejects CPU tensors whenever a process group exists)
         return nn.modules.batchnorm._BatchNorm.forward(self, x)
 
     def extra_repr(self) -> str:
         size = self.world_size
-        sync = f"synchronised over {size} processes" if size > 1 else "world_size=1: not synchronised, same as BN"
+        sync = (
+            f"synchronised over {size} processes"
+            if size > 1
+            else ("world_size=1: not synchronised, same as BN")
+        )
         return f"{super().extra_repr()}, dim={self.dim}, {sync}"
 
 
 def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """Training-mode SyncBN on CPU tensors: per-channel sums over every process's batch via the differentiable
-    all-reduce of torch.distributed.nn, whose backward sums the statistics' gradients over processes as
-    torch's GPU kernel does. Two passes (mean, then centred squares) rather than E[x^2] - E[x]^2, which
-    cancels badly; running statistics are updated as BN does (unbiased variance over all images)."""
+    """Training-mode SyncBN on CPU tensors: per-channel sums over every process's batch via the
+    differentiable all-reduce of torch.distributed.nn, whose backward sums the statistics' gradients
+    over processes as torch's GPU kernel does. Two passes (mean, then centred squares) rather than
+    E[x^2] - E[x]^2, which cancels badly; running statistics are updated as BN does (unbiased
+    variance over all images)."""
     from torch.distributed.nn.functional import all_reduce
 
     group = layer.process_group or dist.group.WORLD
     reduce_dims = [0, *range(2, x.dim())]
     shape = [1, -1] + [1] * (x.dim() - 2)
     count = x.new_tensor([x.numel() / x.shape[1]])
-    sums = all_reduce(torch.cat([x.sum(reduce_dims), count]), group=group)  # count rides along: one collective
+    # count rides along: one collective
+    sums = all_reduce(torch.cat([x.sum(reduce_dims), count]), group=group)
     n = sums[-1].detach()
     mean = sums[:-1] / n
     centred = x - mean.view(shape)
@@ -86,7 +97,9 @@ def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     if layer.track_running_stats:
         with torch.no_grad():
             layer.num_batches_tracked.add_(1)
-            factor = 1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
+            factor = (
+                1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
+            )
             layer.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
             layer.running_var.mul_(1 - factor).add_(var.detach() * (n / (n - 1)), alpha=factor)
     out = centred * torch.rsqrt(var + layer.eps).view(shape)
@@ -95,8 +108,11 @@ def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def sync_batch_norm(num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1) -> nn.Module:
-    """SyncBN over (N, H, W) per channel (dim=2) or over N per feature (dim=1), N = all processes' images.
+def sync_batch_norm(
+    num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1
+) -> nn.Module:
+    """SyncBN over (N, H, W) per channel (dim=2) or over N per feature (dim=1), N = all processes'
+    images.
 
     Options as `bn`: biased batch variance for normalizing, running_var updated with the unbiased
     one, ``momentum=None`` for torch's cumulative average. The process group is the default (WORLD);

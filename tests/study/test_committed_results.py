@@ -1,19 +1,18 @@
-"""The published results (docs/results/) are exactly what their committed run records produce: every sweep
-folder's table.md / table.tex / table.csv is regenerated from the records and compared, and the README shows the
-same tables."""
+"""The published results (docs/results/) are exactly what their committed run records produce: every
+sweep folder's table.md / table.tex / table.csv is regenerated from the records and compared, and
+the README shows the same tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from normbench.results import build_table, load_runs, render
 from normbench.sweep import table_axes
 
-import yaml
-
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 SWEEPS = sorted(p.parent for p in RESULTS.glob("*/sweeps/*/sweep.yaml"))
 FILES = {"md": "table.md", "latex": "table.tex", "csv": "table.csv"}
 
@@ -38,5 +37,7 @@ def test_committed_tables_are_what_the_committed_records_give(folder):
 def test_readme_shows_the_committed_tables():
     readme = (RESULTS.parent.parent / "README.md").read_text()
     for folder in SWEEPS:
-        body = [line for line in (folder / "table.md").read_text().splitlines() if line.startswith("|")]
+        body = [
+            line for line in (folder / "table.md").read_text().splitlines() if line.startswith("|")
+        ]
         assert "\n".join(body) in readme, f"README does not show {folder / 'table.md'}"

@@ -20,7 +20,9 @@ def test_lenet_without_norm_has_d2l_parameter_count():
 @pytest.mark.parametrize("norm", sorted(NORMS))
 @pytest.mark.parametrize("in_channels,image_size", [(1, 28), (3, 32)])
 def test_every_norm_forward_backward(norm, in_channels, image_size):
-    cfg = compose([f"norm={norm}", f"data.in_channels={in_channels}", f"data.image_size={image_size}"])
+    cfg = compose(
+        [f"norm={norm}", f"data.in_channels={in_channels}", f"data.image_size={image_size}"]
+    )
     model, _ = build_model(cfg)
     x = torch.randn(4, in_channels, image_size, image_size, requires_grad=True)
     out = model(x)
@@ -37,11 +39,27 @@ def _layer_types(model):
 
 def test_norm_then_activation_after_every_hidden_layer():
     model, _ = build_model(compose(["norm=bn"]))
-    assert _layer_types(model) == ["Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d", "Conv2d", "BatchNorm2d",
-                                   "Sigmoid", "AvgPool2d", "Flatten", "Linear", "BatchNorm1d", "Sigmoid",
-                                   "Linear", "BatchNorm1d", "Sigmoid", "Linear"]
+    assert _layer_types(model) == [
+        "Conv2d",
+        "BatchNorm2d",
+        "Sigmoid",
+        "AvgPool2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "Sigmoid",
+        "AvgPool2d",
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Linear",
+    ]
     convs = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert [m.bias is None for m in convs] == [True] * 4 + [False]  # the norm's beta replaces the bias
+    # the norm's beta replaces the bias
+    assert [m.bias is None for m in convs] == [True] * 4 + [False]
 
 
 def test_frn_replaces_norm_and_activation():
@@ -58,22 +76,30 @@ def test_in_puts_no_norm_on_fully_connected_layers():
 
 
 def test_relu_max_pool_and_xavier_options():
-    cfg = compose(["backbone.activation=relu", "backbone.pool=max", "backbone.init=xavier", "norm=none"])
+    cfg = compose(
+        ["backbone.activation=relu", "backbone.pool=max", "backbone.init=xavier", "norm=none"]
+    )
     torch.manual_seed(0)
     model, _ = build_model(cfg)
     types = _layer_types(model)
     assert "ReLU" in types and "MaxPool2d" in types and "Sigmoid" not in types
     fc = model.fc1
     bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
-    assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound  # xavier-uniform's range
+    # xavier-uniform's range
+    assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.9 * bound
 
 
 def test_norm_choice_norm_only():
-    """norm_only: the activation-free form for a norm with its own activation, the same norm otherwise; both
-    are recorded in `built`, and a norm without a 1-D form is skipped as with __call__."""
+    """norm_only: the activation-free form for a norm with its own activation, the same norm
+    otherwise; both are recorded in `built`, and a norm without a 1-D form is skipped as with
+    __call__."""
     choice = NormChoice("frn")
     with_act, without = choice(8), choice.norm_only(8)
-    assert with_act.act is True and without.act is False and "tau" not in dict(without.named_parameters())
+    assert (
+        with_act.act is True
+        and without.act is False
+        and "tau" not in dict(without.named_parameters())
+    )
     assert choice(8, act=False).act is False
     assert choice.built == [with_act, without, choice.built[2]]
     bn = NormChoice("bn")
@@ -86,6 +112,7 @@ def test_norm_choice_norm_only():
 
 @pytest.mark.parametrize("norm", [n for n in sorted(NORMS) if NORMS[n].includes_activation])
 def test_lenet_norms_all_keep_their_activation(norm):
-    """Every LeNet norm is followed by an activation in d2l, so a norm with its own keeps it everywhere."""
+    """Every LeNet norm is followed by an activation in d2l, so a norm with its own keeps it
+    everywhere."""
     _, choice = build_model(compose([f"norm={norm}"]))
     assert choice.built and all(m.act for m in choice.built)

@@ -1,5 +1,6 @@
-"""`normbench sweep`: grid expansion with Hydra's override parser, no state leaking between cells, resume,
-divergence and failures that do not stop the sweep, the sweep folder's files, and up-front validation."""
+"""`normbench sweep`: grid expansion with Hydra's override parser, no state leaking between cells,
+resume, divergence and failures that do not stop the sweep, the sweep folder's files, and up-front
+validation."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import shutil
 
 import pytest
 import yaml
+from conftest import TINY
 
 from normbench import runner
 from normbench.errors import UserError
 from normbench.sweep import default_name, expand, table_axes
-
-from conftest import TINY
 
 
 def _sweep(normbench, root, *args):
@@ -30,6 +30,7 @@ def _without_timing(history):
 
 
 # ---------------------------------------------------------------- grid expansion (no training)
+
 
 def test_comma_lists_make_the_cartesian_grid_and_fixed_overrides_apply_to_every_cell():
     grid = expand(["epochs=2", "norm=bn,gn", "batch=2,4,8"])
@@ -56,16 +57,21 @@ def test_no_sweep_is_a_single_cell():
 
 
 def test_default_name_is_a_safe_path_part():
-    name = default_name(expand(["data.root=/a/b c,/d", "norm=" + ",".join(f"n{i}" for i in range(40))]))
+    name = default_name(
+        expand(["data.root=/a/b c,/d", "norm=" + ",".join(f"n{i}" for i in range(40))])
+    )
     assert "/" not in name and " " not in name and len(name) <= 80
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["norm=bn,"], "malformed override 'norm=bn,'"),
-    (["out=a,b"], "out cannot be swept"),
-    (["lr=interval(0,1)"], "only comma lists"),
-    (["batch=2,4", "batch=8,16"], "swept twice"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["norm=bn,"], "malformed override 'norm=bn,'"),
+        (["out=a,b"], "out cannot be swept"),
+        (["lr=interval(0,1)"], "only comma lists"),
+        (["batch=2,4", "batch=8,16"], "swept twice"),
+    ],
+)
 def test_bad_sweep_overrides_are_one_line_errors(overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
         expand(overrides)
@@ -81,9 +87,11 @@ def test_table_axes_follow_the_swept_keys():
 
 # ---------------------------------------------------------------- end to end on tiny synthetic runs
 
+
 def test_a_run_inside_a_sweep_equals_the_same_run_alone(normbench, tmp_path):
     alone = normbench("run", *TINY, "norm=gn", out=tmp_path / "alone").record()
-    result = _sweep(normbench, tmp_path / "swept", "norm=bn,gn")  # gn is the 2nd cell, after a bn run
+    # gn is the 2nd cell, after a bn run
+    result = _sweep(normbench, tmp_path / "swept", "norm=bn,gn")
     assert result.code == 0, result.err
     swept = _records(tmp_path / "swept")
     (gn,) = [r for r in swept.values() if r["config"]["norm"]["name"] == "gn"]
@@ -91,15 +99,22 @@ def test_a_run_inside_a_sweep_equals_the_same_run_alone(normbench, tmp_path):
     assert _without_timing(gn["history"]) == _without_timing(alone["history"])
 
 
-def test_resume_trains_only_what_is_missing_and_writes_the_sweep_folder(normbench, tmp_path, monkeypatch):
+def test_resume_trains_only_what_is_missing_and_writes_the_sweep_folder(
+    normbench, tmp_path, monkeypatch
+):
     root = tmp_path / "out"
     first = _sweep(normbench, root, "norm=bn,gn", "batch=8,16", "--name", "grid")
     assert first.code == 0, first.err
     assert "4 cells: 4 completed, 0 skipped (already completed), 0 diverged, 0 failed" in first.out
 
     folder = root / "sweeps" / "grid"
-    assert {p.name for p in folder.iterdir()} == {"sweep.yaml", "table.md", "table.tex", "table.csv",
-                                                 "error_vs_batch.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "sweep.yaml",
+        "table.md",
+        "table.tex",
+        "table.csv",
+        "error_vs_batch.png",
+    }
     assert (folder / "error_vs_batch.png").read_bytes()[:4] == b"\x89PNG"
     meta = yaml.safe_load((folder / "sweep.yaml").read_text())
     assert meta["name"] == "grid" and "date" in meta and "norm=bn,gn" in meta["overrides"]
@@ -109,21 +124,42 @@ def test_resume_trains_only_what_is_missing_and_writes_the_sweep_folder(normbenc
 
     # every table cell is the record's metric (one seed: mean = the value)
     table = (folder / "table.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip().strip("*") for c in line.split("|")[2:-1]]
-            for line in table.splitlines() if line.startswith("| bn ") or line.startswith("| gn ")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip().strip("*") for c in line.split("|")[2:-1]]
+        for line in table.splitlines()
+        if line.startswith("| bn ") or line.startswith("| gn ")
+    }
     for record in records.values():
-        column = [16, 8].index(record["config"]["batch"])  # batch columns descend, as in the GN paper
-        assert rows[record["config"]["norm"]["name"]][column] == f"{record['metrics']['test_error']:.2f}"
+        # batch columns descend, as in the GN paper
+        column = [16, 8].index(record["config"]["batch"])
+        assert (
+            rows[record["config"]["norm"]["name"]][column]
+            == f"{record['metrics']['test_error']:.2f}"
+        )
     with open(folder / "table.csv") as handle:
         csv_rows = {row["norm"]: row for row in csv.DictReader(handle)}
     for record in records.values():
-        value = float(csv_rows[record["config"]["norm"]["name"]][f"batch={record['config']['batch']} mean"])
+        value = float(
+            csv_rows[record["config"]["norm"]["name"]][f"batch={record['config']['batch']} mean"]
+        )
         assert value == pytest.approx(record["metrics"]["test_error"])
     assert "\\toprule" in (folder / "table.tex").read_text()
-    # `normbench table <sweep folder>` reads exactly the cells its sweep.yaml lists (a stray run elsewhere
-    # under the out folder does not leak in) and prints what the sweep wrote
-    assert normbench("run", "data=synthetic", "data.train_size=32", "data.test_size=16", "epochs=1", "batch=8",
-                     "norm=ln", "log.progress=none", out=root).code == 0
+    # `normbench table <sweep folder>` reads exactly the cells its sweep.yaml lists (a stray run
+    # elsewhere under the out folder does not leak in) and prints what the sweep wrote
+    assert (
+        normbench(
+            "run",
+            "data=synthetic",
+            "data.train_size=32",
+            "data.test_size=16",
+            "epochs=1",
+            "batch=8",
+            "norm=ln",
+            "log.progress=none",
+            out=root,
+        ).code
+        == 0
+    )
     from_folder = normbench("table", str(folder))
     assert from_folder.code == 0 and from_folder.out.strip() == table.strip()
 
@@ -154,17 +190,29 @@ def test_a_diverged_or_failing_cell_does_not_stop_the_sweep(normbench, tmp_path,
     statuses = sorted(r["status"] for r in _records(root).values())
     assert statuses == ["completed", "diverged"]
     (folder,) = (root / "sweeps").iterdir()
-    none_row = next(line for line in (folder / "table.md").read_text().splitlines() if line.startswith("| none "))
+    none_row = next(
+        line
+        for line in (folder / "table.md").read_text().splitlines()
+        if line.startswith("| none ")
+    )
     assert "div" in none_row
 
-    # a diverged run is final, like a completed one: the rerun trains nothing and still counts it as diverged
-    stamps = {key: (root / "runs" / key / "record.json").stat().st_mtime_ns for key in _records(root)}
+    # a diverged run is final, like a completed one: the rerun trains nothing and still counts it as
+    # diverged
+    stamps = {
+        key: (root / "runs" / key / "record.json").stat().st_mtime_ns for key in _records(root)
+    }
     rerun = _sweep(normbench, root, "norm=none", "lr=1e12,1.6")
     assert "2 cells: 0 completed, 1 skipped (already completed), 1 diverged, 0 failed" in rerun.out
-    assert stamps == {key: (root / "runs" / key / "record.json").stat().st_mtime_ns for key in _records(root)}
+    assert stamps == {
+        key: (root / "runs" / key / "record.json").stat().st_mtime_ns for key in _records(root)
+    }
     (diverged_key,) = [key for key, r in _records(root).items() if r["status"] == "diverged"]
     alone = normbench("run", *TINY, "norm=none", "lr=1e12", out=root)
-    assert alone.code == 0 and f"already diverged: {root / 'runs' / diverged_key} (epoch 1" in alone.out
+    assert (
+        alone.code == 0
+        and f"already diverged: {root / 'runs' / diverged_key} (epoch 1" in alone.out
+    )
 
     real_run = runner.run
 
@@ -205,10 +253,11 @@ def test_a_bad_value_in_the_grid_fails_up_front(normbench, tmp_path):
 
 
 def test_a_run_another_process_trains_is_busy_and_the_others_go_on(normbench, tmp_path):
-    from normbench.runs import claim_run
+    from normbench.files import claim_run
 
     root = tmp_path / "out"
-    probe = _sweep(normbench, root, "norm=bn", "epochs=1", "--name", "probe")  # learn the run dir of norm=gn's twin
+    # learn the run dir of norm=gn's twin
+    probe = _sweep(normbench, root, "norm=bn", "epochs=1", "--name", "probe")
     (bn_key,) = _records(root)
     gn_dir = root / "runs" / bn_key.replace("-bn-", "-gn-")
     claim = claim_run(gn_dir)  # as if a second sweep were training it right now
@@ -217,8 +266,12 @@ def test_a_run_another_process_trains_is_busy_and_the_others_go_on(normbench, tm
     finally:
         claim.release()
     assert probe.code == 0 and result.code == 0, result.err
-    assert "2 cells: 0 completed, 1 skipped (already completed), 0 diverged, 0 failed, 1 busy" in result.out
+    assert (
+        "2 cells: 0 completed, 1 skipped (already completed), 0 diverged, 0 failed, 1 busy"
+        in result.out
+    )
     assert "busy: norm=gn: " in result.err and "being trained by another process" in result.err
     assert not (gn_dir / "record.json").exists()
-    after = _sweep(normbench, root, "norm=bn,gn", "epochs=1")  # once the claim is gone, the rerun trains it
+    # once the claim is gone, the rerun trains it
+    after = _sweep(normbench, root, "norm=bn,gn", "epochs=1")
     assert "2 cells: 1 completed, 1 skipped (already completed), 0 diverged, 0 failed" in after.out

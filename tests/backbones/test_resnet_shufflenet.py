@@ -1,6 +1,7 @@
-"""The CNN backbones (CIFAR ResNet-20/56, ResNet-18/50, ShuffleNet V2) with every registered norm; equality with
-torchvision's models under BN; zero-init of the residual gamma; activation handling (including the
-activation-free form of FRN/EvoNorm where torchvision has a norm without ReLU); bad options."""
+"""The CNN backbones (CIFAR ResNet-20/56, ResNet-18/50, ShuffleNet V2) with every registered norm;
+equality with torchvision's models under BN; zero-init of the residual gamma; activation handling
+(including the activation-free form of FRN/EvoNorm where torchvision has a norm without ReLU); bad
+options."""
 
 from __future__ import annotations
 
@@ -20,31 +21,44 @@ from normbench.norms import NORMS, build_norm, convert_convs
 
 CNN = ["resnet20", "resnet56", "resnet18", "resnet50", "shufflenet_v2"]
 SIZE = 16  # small images keep the all-norms grid fast; every backbone leaves >= 2x2 maps at 16 px
-NORMS_NOW = sorted(NORMS)  # read at collection time: new norms are tested as soon as they are registered
+# read at collection time: new norms are tested as soon as they are registered
+NORMS_NOW = sorted(NORMS)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and stays fast when other processes share the
-    cores (two OpenMP threads on a busy 2-core machine made a ResNet-50 step 10x slower)."""
+    """These tensors are tiny: one intra-op thread is as fast, and stays fast when other processes
+    share the cores (two OpenMP threads on a busy 2-core machine made a ResNet-50 step 10x
+    slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(backbone: str, norm: str, overrides: tuple[str, ...]) -> DictConfig:
     return compose([f"backbone={backbone}", f"norm={norm}", *overrides])
 
 
-def build(backbone: str, norm: str = "bn", *overrides: str, in_channels: int = 3, image_size: int = SIZE,
-          num_classes: int = 10):
-    """build_model(compose([backbone=..., norm=..., *overrides, data.in_channels=..., ...])); one Hydra compose
-    per (backbone, norm, overrides) (~60 ms each). The cached config's data shape is set on every call, and
-    build_model only reads the config, so sharing it between calls is safe."""
+def build(
+    backbone: str,
+    norm: str = "bn",
+    *overrides: str,
+    in_channels: int = 3,
+    image_size: int = SIZE,
+    num_classes: int = 10,
+):
+    """build_model(compose([backbone=..., norm=..., *overrides, data.in_channels=..., ...])); one
+    Hydra compose per (backbone, norm, overrides) (~60 ms each). The cached config's data shape is
+    set on every call, and build_model only reads the config, so sharing it between calls is
+    safe."""
     cfg = _composed(backbone, norm, overrides)
-    cfg.data.in_channels, cfg.data.image_size, cfg.data.num_classes = in_channels, image_size, num_classes
+    cfg.data.in_channels, cfg.data.image_size, cfg.data.num_classes = (
+        in_channels,
+        image_size,
+        num_classes,
+    )
     return build_model(cfg)
 
 
@@ -58,6 +72,7 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 
 # ---- every backbone x every norm x 1 and 3 input channels ----
 
+
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("norm", NORMS_NOW)
 @pytest.mark.parametrize("backbone", _slow_resnet50(CNN))
@@ -65,15 +80,18 @@ def test_every_backbone_with_every_norm(backbone, norm, in_channels):
     torch.manual_seed(0)
     model, choice = build(backbone, norm, in_channels=in_channels)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if choice.conv_weight is not None:  # MABN's centred / GN+WS's standardized convs: every conv converted
+    # MABN's centred / GN+WS's standardized convs: every conv converted
+    if choice.conv_weight is not None:
         assert all(type(m) is not nn.Conv2d for m in convs)
-    x = torch.randn(2, in_channels, SIZE, SIZE, requires_grad=True)  # batch 2: the GN paper's smallest
+    # batch 2: the GN paper's smallest
+    x = torch.randn(2, in_channels, SIZE, SIZE, requires_grad=True)
     out = model(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     F.cross_entropy(out, torch.tensor([0, 1])).backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))  # max |g|
+    # max |g|
+    assert grads and torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
     assert convs[0].weight.grad.abs().sum() > 0  # the gradient reaches the stem
     model.eval()
     with torch.no_grad():
@@ -82,12 +100,14 @@ def test_every_backbone_with_every_norm(backbone, norm, in_channels):
 
 # ---- equality with torchvision under BN ----
 
+
 def _shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
 
 
 def _same_function(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> None:
-    """theirs loads our state_dict and computes the same outputs, with batch statistics and in eval."""
+    """theirs loads our state_dict and computes the same outputs, with batch statistics and in
+    eval."""
     theirs.load_state_dict(ours.state_dict())
     for train in (True, False):
         ours.train(train)
@@ -110,9 +130,9 @@ def _torchvision_resnet(depth: int, num_classes: int, in_channels: int, small: b
 @pytest.mark.parametrize("stem", ["imagenet", "small"])
 @pytest.mark.parametrize("depth", [18, 50])
 def test_resnet_with_bn_is_torchvisions(depth, stem, in_channels):
-    """ImageNet stem: state_dict keys, shapes, parameter count and outputs equal torchvision's resnet18/50
-    (conv1 taking `in_channels`). Small stem: the same, against torchvision's model with conv1 replaced by a
-    3x3 stride-1 conv and no max-pool."""
+    """ImageNet stem: state_dict keys, shapes, parameter count and outputs equal torchvision's
+    resnet18/50 (conv1 taking `in_channels`). Small stem: the same, against torchvision's model with
+    conv1 replaced by a 3x3 stride-1 conv and no max-pool."""
     image_size = 224 if stem == "imagenet" else 32  # stem=auto picks the stem from the image size
     ours, _ = build(f"resnet{depth}", "bn", in_channels=in_channels, image_size=image_size)
     assert ours.small_stem == (stem == "small")
@@ -126,18 +146,27 @@ def test_resnet_with_bn_is_torchvisions(depth, stem, in_channels):
 @pytest.mark.parametrize("depth,count", [(18, 11_689_512), (50, 25_557_032)])
 def test_resnet_parameter_count_for_imagenet_classes(depth, count):
     ours, _ = build(f"resnet{depth}", "bn", image_size=224, num_classes=1000)
-    assert count_parameters(ours) == count_parameters(getattr(torchvision.models, f"resnet{depth}")()) == count
+    assert (
+        count_parameters(ours)
+        == count_parameters(getattr(torchvision.models, f"resnet{depth}")())
+        == count
+    )
 
 
-SHUFFLENETS = {0.5: torchvision.models.shufflenet_v2_x0_5, 1.0: torchvision.models.shufflenet_v2_x1_0,
-               1.5: torchvision.models.shufflenet_v2_x1_5, 2.0: torchvision.models.shufflenet_v2_x2_0}
+SHUFFLENETS = {
+    0.5: torchvision.models.shufflenet_v2_x0_5,
+    1.0: torchvision.models.shufflenet_v2_x1_0,
+    1.5: torchvision.models.shufflenet_v2_x1_5,
+    2.0: torchvision.models.shufflenet_v2_x2_0,
+}
 
 
 @pytest.mark.parametrize("stem", ["imagenet", "small"])
 @pytest.mark.parametrize("width", sorted(SHUFFLENETS))
 def test_shufflenet_with_bn_is_torchvisions(width, stem):
-    """Every width: keys, shapes, parameter count and outputs equal torchvision's shufflenet_v2_x*; the small
-    stem equals torchvision's with a stride-1 conv1 and no max-pool (same parameter count)."""
+    """Every width: keys, shapes, parameter count and outputs equal torchvision's shufflenet_v2_x*;
+    the small stem equals torchvision's with a stride-1 conv1 and no max-pool (same parameter
+    count)."""
     image_size = 224 if stem == "imagenet" else 32
     ours, _ = build("shufflenet_v2", "bn", f"backbone.width={width}", image_size=image_size)
     assert ours.small_stem == (stem == "small")
@@ -157,14 +186,19 @@ def test_shufflenet_one_channel_and_imagenet_classes():
     theirs.conv1[0] = nn.Conv2d(1, 24, 3, stride=2, padding=1, bias=False)
     assert _shapes(ours) == _shapes(theirs)
     imagenet_count = count_parameters(torchvision.models.shufflenet_v2_x1_0())
-    assert imagenet_count == 2_278_604 and count_parameters(ours) == imagenet_count - 2 * 24 * 9  # 1 of 3 channels
+    # 1 of 3 channels
+    assert imagenet_count == 2_278_604 and count_parameters(ours) == imagenet_count - 2 * 24 * 9
     _same_function(ours, theirs, torch.randn(2, 1, 64, 64))
 
 
 # ---- the CIFAR ResNets ----
 
-def _cifar_resnet_count(n: int, in_channels: int = 3, classes: int = 10, projection: bool = False) -> int:
-    """He et al.'s 6n+2 network counted by hand: stem conv + BN, 3n blocks of two 3x3 convs + 2 BN, fc."""
+
+def _cifar_resnet_count(
+    n: int, in_channels: int = 3, classes: int = 10, projection: bool = False
+) -> int:
+    """He et al.'s 6n+2 network counted by hand: stem conv + BN, 3n blocks of two 3x3 convs + 2 BN,
+    fc."""
     total = in_channels * 16 * 9 + 2 * 16
     c_in = 16
     for c in (16, 32, 64):
@@ -176,7 +210,9 @@ def _cifar_resnet_count(n: int, in_channels: int = 3, classes: int = 10, project
     return total + 64 * classes + classes
 
 
-@pytest.mark.parametrize("backbone,n,paper_millions", [("resnet20", 3, 0.27), ("resnet56", 9, 0.85)])
+@pytest.mark.parametrize(
+    "backbone,n,paper_millions", [("resnet20", 3, 0.27), ("resnet56", 9, 0.85)]
+)
 def test_cifar_resnet_structure_and_parameter_count(backbone, n, paper_millions):
     model, _ = build(backbone, "bn", image_size=32)
     assert count_parameters(model) == _cifar_resnet_count(n)
@@ -204,8 +240,16 @@ def test_cifar_resnet_depth_and_projection_options():
 
 # ---- options: zero-init of the residual gamma, activations, biases, init ----
 
-@pytest.mark.parametrize("backbone,blocks", [("resnet20", 9), ("resnet56", 27), ("resnet18", 8),
-                                             pytest.param("resnet50", 16, marks=pytest.mark.slow)])
+
+@pytest.mark.parametrize(
+    "backbone,blocks",
+    [
+        ("resnet20", 9),
+        ("resnet56", 27),
+        ("resnet18", 8),
+        pytest.param("resnet50", 16, marks=pytest.mark.slow),
+    ],
+)
 def test_zero_init_residual_sets_last_gamma_of_every_block(backbone, blocks):
     default, _ = build(backbone, "bn")
     assert all((m.weight == 1).all() for m in default.modules() if isinstance(m, nn.BatchNorm2d))
@@ -227,8 +271,9 @@ WITHOUT_SCALE = [n for n in NORMS_NOW if not _has_scale(n)]  # none
 
 @pytest.mark.parametrize("norm", WITH_SCALE)
 def test_zero_init_residual_starts_blocks_as_identity(norm):
-    """gamma = 0 in the last norm: every identity-shortcut block maps a non-negative input to itself (the GN
-    paper's reason for the option), and gamma still gets a gradient (the block is not dead)."""
+    """gamma = 0 in the last norm: every identity-shortcut block maps a non-negative input to itself
+    (the GN paper's reason for the option), and gamma still gets a gradient (the block is not
+    dead)."""
     model, _ = build("resnet20", norm, "backbone.zero_init_residual=true")
     block = model.layer1[1]
     x = torch.rand(4, 16, 8, 8)
@@ -240,7 +285,9 @@ def test_zero_init_residual_starts_blocks_as_identity(norm):
 
 @pytest.mark.parametrize("norm", WITHOUT_SCALE)
 def test_zero_init_residual_needs_a_norm_with_a_scale(norm):
-    with pytest.raises(ValueError, match=f"norm={norm} has no learnable scale.*zero_init_residual=false"):
+    with pytest.raises(
+        ValueError, match=f"norm={norm} has no learnable scale.*zero_init_residual=false"
+    ):
         build("resnet18", norm, "backbone.zero_init_residual=true")
 
 
@@ -255,8 +302,8 @@ OWN_ACTIVATION = [n for n in NORMS_NOW if NORMS[n].includes_activation]
 @pytest.mark.parametrize("norm", OWN_ACTIVATION)
 @pytest.mark.parametrize("backbone", _slow_resnet50(CNN))
 def test_norm_with_own_activation_gets_no_relu_after_it(backbone, norm):
-    """FRN+TLU / EvoNorm replace norm + ReLU pairs: no ReLU follows them; only the activation after each
-    residual addition stays (ShuffleNet V2 has no additions, so no ReLU at all)."""
+    """FRN+TLU / EvoNorm replace norm + ReLU pairs: no ReLU follows them; only the activation after
+    each residual addition stays (ShuffleNet V2 has no additions, so no ReLU at all)."""
     model, _ = build(backbone, norm)
     relus = {name for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
     blocks = {name for name, m in model.named_modules() if hasattr(type(m), "last_norm")}
@@ -267,9 +314,10 @@ def test_norm_with_own_activation_gets_no_relu_after_it(backbone, norm):
 
 
 def _norms_followed_by_relu(backbone: str, overrides: tuple[str, ...]) -> dict[str, bool]:
-    """{name of each norm in the BN model: whether its output goes straight into a ReLU}, read off a forward
-    pass (hooks: a norm's output tensor is the very tensor a ReLU receives). The BN models compute what
-    torchvision's do (test_*_with_bn_is_torchvisions), so this is where torchvision has norm + ReLU."""
+    """{name of each norm in the BN model: whether its output goes straight into a ReLU}, read off a
+    forward pass (hooks: a norm's output tensor is the very tensor a ReLU receives). The BN models
+    compute what torchvision's do (test_*_with_bn_is_torchvisions), so this is where torchvision has
+    norm + ReLU."""
     model, choice = build(backbone, "bn", *overrides)
     built = {id(m) for m in choice.built}
     outputs: dict[str, torch.Tensor] = {}
@@ -286,20 +334,26 @@ def _norms_followed_by_relu(backbone: str, overrides: tuple[str, ...]) -> dict[s
 
 # (backbone, overrides, norms with no ReLU after them in torchvision / the paper)
 POSITION_CASES = [
-    ("resnet20", (), 9),                          # bn2 of the 9 blocks (option A shortcuts have no norm)
-    ("resnet20", ("backbone.shortcut=B",), 11),   # + the 2 projection shortcuts' norms
-    ("resnet18", (), 8 + 3),                      # bn2 of 8 blocks + downsample.1 of 3
-    pytest.param("resnet50", (), 16 + 4, marks=pytest.mark.slow),  # bn3 of 16 blocks + downsample.1 of 4
-    ("shufflenet_v2", (), 16 + 3),                # the depthwise convs' norms: branch2.4 of 16 units, branch1.1 of 3
+    # bn2 of the 9 blocks (option A shortcuts have no norm)
+    ("resnet20", (), 9),
+    ("resnet20", ("backbone.shortcut=B",), 11),  # + the 2 projection shortcuts' norms
+    ("resnet18", (), 8 + 3),  # bn2 of 8 blocks + downsample.1 of 3
+    # bn3 of 16 blocks + downsample.1 of 4
+    pytest.param("resnet50", (), 16 + 4, marks=pytest.mark.slow),
+    # the depthwise convs' norms: branch2.4 of 16 units, branch1.1 of 3
+    ("shufflenet_v2", (), 16 + 3),
 ]
 
 
 @pytest.mark.parametrize("norm", OWN_ACTIVATION)
 @pytest.mark.parametrize("backbone,overrides,linear", POSITION_CASES)
-def test_own_activation_norm_is_activation_free_where_torchvision_has_no_relu(backbone, overrides, linear, norm):
-    """Where torchvision has norm + ReLU, FRN/EvoNorm come with their activation; where it has a norm and no
-    ReLU (before each residual addition, in projection shortcuts, after ShuffleNet's depthwise convs), they
-    come in their act=False form: no TLU / EvoNorm nonlinearity, no tau / v."""
+def test_own_activation_norm_is_activation_free_where_torchvision_has_no_relu(
+    backbone, overrides, linear, norm
+):
+    """Where torchvision has norm + ReLU, FRN/EvoNorm come with their activation; where it has a
+    norm and no ReLU (before each residual addition, in projection shortcuts, after ShuffleNet's
+    depthwise convs), they come in their act=False form: no TLU / EvoNorm nonlinearity, no tau /
+    v."""
     followed = _norms_followed_by_relu(backbone, overrides)
     assert sum(not f for f in followed.values()) == linear and any(followed.values())
     model, choice = build(backbone, norm, *overrides)
@@ -319,8 +373,9 @@ def test_own_activation_norm_is_activation_free_where_torchvision_has_no_relu(ba
 
 @pytest.mark.parametrize("backbone", _slow_resnet50(CNN))
 def test_frn_branch_ends_linear_and_tlu_elsewhere(backbone):
-    """With FRN (tau = 0 at init, so a TLU output is >= 0), the norms without TLU give negative values into the
-    residual addition / the 1x1 conv after a depthwise conv; the ones with TLU never do."""
+    """With FRN (tau = 0 at init, so a TLU output is >= 0), the norms without TLU give negative
+    values into the residual addition / the 1x1 conv after a depthwise conv; the ones with TLU never
+    do."""
     model, choice = build(backbone, "frn")
     outputs: dict[int, torch.Tensor] = {}
     for m in choice.built:
@@ -332,14 +387,22 @@ def test_frn_branch_ends_linear_and_tlu_elsewhere(backbone):
     assert sum(not m.act for m in choice.built) > 0
 
 
-@pytest.mark.parametrize("backbone,relus", [("resnet20", 1 + 9 * 2), ("resnet18", 1 + 8 * 2),
-                                            pytest.param("resnet50", 1 + 16 * 3, marks=pytest.mark.slow),
-                                            ("shufflenet_v2", None)])
+@pytest.mark.parametrize(
+    "backbone,relus",
+    [
+        ("resnet20", 1 + 9 * 2),
+        ("resnet18", 1 + 8 * 2),
+        pytest.param("resnet50", 1 + 16 * 3, marks=pytest.mark.slow),
+        ("shufflenet_v2", None),
+    ],
+)
 def test_bn_is_followed_by_relu_where_torchvision_has_one(backbone, relus):
     model, _ = build(backbone, "bn")
     ours = sum(isinstance(m, nn.ReLU) for m in model.modules())
     if relus is None:  # ShuffleNet: one ReLU module per ReLU application in torchvision too
-        relus = sum(isinstance(m, nn.ReLU) for m in torchvision.models.shufflenet_v2_x1_0().modules())
+        relus = sum(
+            isinstance(m, nn.ReLU) for m in torchvision.models.shufflenet_v2_x1_0().modules()
+        )
     assert ours == relus
     for block in _blocks(model):
         assert isinstance(block.act1, nn.ReLU) and isinstance(block.act_out, nn.ReLU)
@@ -357,7 +420,8 @@ def test_conv_bias_only_without_norm(backbone):
 def test_he_init_by_default_then_xavier_and_conv_conversion_apply():
     torch.manual_seed(0)
     model, _ = build("resnet20", "none")
-    for conv in (model.conv1, model.layer3[2].conv2):  # He et al. 2015, fan_out: std sqrt(2 / (out * k * k))
+    # He et al. 2015, fan_out: std sqrt(2 / (out * k * k))
+    for conv in (model.conv1, model.layer3[2].conv2):
         std = (2 / (conv.out_channels * 9)) ** 0.5
         assert abs(conv.weight.std().item() - std) < 0.15 * std and not conv.bias.any()
     model, _ = build("resnet20", "bn", "backbone.init=xavier")
@@ -382,9 +446,19 @@ BAD_OPTIONS = [  # (backbone, overrides, image size, message)
     ("resnet20", [], 2, "2 px images leave a 1x1 final feature map; use images of at least 5 px"),
     ("resnet20", ["backbone.zero_init_residual=maybe"], SIZE, "true or false"),
     ("resnet18", ["backbone.stem=tiny"], SIZE, "unknown resnet18 stem 'tiny'"),
-    ("resnet50", ["backbone.stem=imagenet"], SIZE, "1x1 final feature map.*at least 33 px or backbone.stem=small"),
+    (
+        "resnet50",
+        ["backbone.stem=imagenet"],
+        SIZE,
+        "1x1 final feature map.*at least 33 px or backbone.stem=small",
+    ),
     ("resnet18", ["backbone.activation=gelu"], SIZE, "unknown activation 'gelu'"),
-    ("shufflenet_v2", ["backbone.width=0.75"], SIZE, "width 0.75; choose one of 0.5, 1.0, 1.5, 2.0"),
+    (
+        "shufflenet_v2",
+        ["backbone.width=0.75"],
+        SIZE,
+        "width 0.75; choose one of 0.5, 1.0, 1.5, 2.0",
+    ),
     ("shufflenet_v2", ["backbone.width=wide"], SIZE, "unknown shufflenet_v2 width 'wide'"),
     ("shufflenet_v2", [], 8, "1x1 final feature map; use images of at least 9 px"),
 ]
@@ -397,25 +471,41 @@ def test_bad_options_raise_value_error(backbone, overrides, image_size, message)
 
 
 def test_bad_option_is_one_line_user_error(normbench):
-    result = normbench("run", "backbone=shufflenet_v2", "backbone.width=3", "data=synthetic", "log.progress=none")
+    result = normbench(
+        "run", "backbone=shufflenet_v2", "backbone.width=3", "data=synthetic", "log.progress=none"
+    )
     assert result.code == 2
-    assert result.err.strip().count("\n") == 0 and "width" in result.err and "Traceback" not in result.err
+    assert (
+        result.err.strip().count("\n") == 0
+        and "width" in result.err
+        and "Traceback" not in result.err
+    )
 
 
 # ---- listing and running ----
 
+
 def test_listed_parameter_counts_are_true():
-    """`normbench list backbones` prints each description; the counts in it are BN, 10 classes, 3 x 32 x 32."""
+    """`normbench list backbones` prints each description; the counts in it are BN, 10 classes, 3 x
+    32 x 32."""
+
     def numbers(name):
-        return [int(n.replace(",", "")) for n in re.findall(r"\d{1,3}(?:,\d{3})+", BACKBONES[name].description)]
+        return [
+            int(n.replace(",", ""))
+            for n in re.findall(r"\d{1,3}(?:,\d{3})+", BACKBONES[name].description)
+        ]
 
     assert numbers("resnet20") == [count_parameters(build("resnet20", image_size=32)[0])]
     assert numbers("resnet56") == [count_parameters(build("resnet56", image_size=32)[0])]
     for name in ("resnet18", "resnet50"):
-        assert numbers(name) == [count_parameters(build(name, image_size=32)[0]),
-                                 count_parameters(build(name, image_size=224)[0])]
-    assert numbers("shufflenet_v2") == [count_parameters(build("shufflenet_v2", "bn", f"backbone.width={w}")[0])
-                                        for w in (0.5, 1.0, 1.5, 2.0)]
+        assert numbers(name) == [
+            count_parameters(build(name, image_size=32)[0]),
+            count_parameters(build(name, image_size=224)[0]),
+        ]
+    assert numbers("shufflenet_v2") == [
+        count_parameters(build("shufflenet_v2", "bn", f"backbone.width={w}")[0])
+        for w in (0.5, 1.0, 1.5, 2.0)
+    ]
 
 
 def test_list_backbones_shows_counts_and_inputs(normbench):
@@ -426,13 +516,30 @@ def test_list_backbones_shows_counts_and_inputs(normbench):
         assert "params" in lines[name] and "input:" in lines[name] and "px" in lines[name]
 
 
-@pytest.mark.parametrize("backbone,norm", [("resnet20", "gn"), ("resnet56", "frn"), ("resnet18", "bn"),
-                                           pytest.param("resnet50", "gn", marks=pytest.mark.slow),
-                                           ("shufflenet_v2", "ln")])
+@pytest.mark.parametrize(
+    "backbone,norm",
+    [
+        ("resnet20", "gn"),
+        ("resnet56", "frn"),
+        ("resnet18", "bn"),
+        pytest.param("resnet50", "gn", marks=pytest.mark.slow),
+        ("shufflenet_v2", "ln"),
+    ],
+)
 def test_run_trains_a_few_steps(normbench, backbone, norm):
-    result = normbench("run", f"backbone={backbone}", f"norm={norm}", "data=synthetic", "data.in_channels=3",
-                       f"data.image_size={SIZE}", "data.train_size=32", "data.test_size=16", "batch=8", "epochs=1",
-                       "log.progress=none")
+    result = normbench(
+        "run",
+        f"backbone={backbone}",
+        f"norm={norm}",
+        "data=synthetic",
+        "data.in_channels=3",
+        f"data.image_size={SIZE}",
+        "data.train_size=32",
+        "data.test_size=16",
+        "batch=8",
+        "epochs=1",
+        "log.progress=none",
+    )
     assert result.code == 0, result.err
     record = result.record()
     assert record["status"] == "completed" and record["setup"]["steps_per_epoch"] == 4

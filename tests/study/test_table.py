@@ -1,4 +1,5 @@
-"""`normbench table` / `normbench plot`: tables built from hand-written record.json files, every cell checked."""
+"""`normbench table` / `normbench plot`: tables built from hand-written record.json files, every
+cell checked."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+
 from normbench.errors import UserError
 from normbench.plots import make_figure
 from normbench.results import build_table, to_csv, to_latex, to_markdown
@@ -18,21 +19,44 @@ from normbench.results import build_table, to_csv, to_latex, to_markdown
 BASE_CONFIG = {"backbone": {"name": "lenet"}, "data": {"name": "synthetic"}, "accum": 1, "lr": 0.1}
 
 
-def write_record(root: Path, norm: str, batch: int, seed: int, error: float | None = None, status: str = "completed",
-                 ips: float = 100.0, mem: float = 10.0, groups: int | None = None, **config) -> Path:
+def write_record(
+    root: Path,
+    norm: str,
+    batch: int,
+    seed: int,
+    error: float | None = None,
+    status: str = "completed",
+    ips: float = 100.0,
+    mem: float = 10.0,
+    groups: int | None = None,
+    **config,
+) -> Path:
     run_dir = root / "runs" / f"{norm}-b{batch}-s{seed}"
     run_dir.mkdir(parents=True)
-    cfg = {**BASE_CONFIG, "norm": {"name": norm, **({"groups": groups} if groups else {})}, "batch": batch, "seed": seed, **config}
-    record = {"status": status, "config": cfg,
-              "metrics": {"test_error": error, "best_test_error": None if error is None else error - 1,
-                          "train_loss": 0.5},
-              "timing": {"images_per_second": ips, "peak_memory_mb": mem}}
+    cfg = {
+        **BASE_CONFIG,
+        "norm": {"name": norm, **({"groups": groups} if groups else {})},
+        "batch": batch,
+        "seed": seed,
+        **config,
+    }
+    record = {
+        "status": status,
+        "config": cfg,
+        "metrics": {
+            "test_error": error,
+            "best_test_error": None if error is None else error - 1,
+            "train_loss": 0.5,
+        },
+        "timing": {"images_per_second": ips, "peak_memory_mb": mem},
+    }
     (run_dir / "record.json").write_text(json.dumps(record))
     return run_dir
 
 
 def grid(root: Path) -> Path:
-    """bn and gn at batch 32 and 2, two seeds each (GN-paper-like numbers), plus lists the exact values."""
+    """bn and gn at batch 32 and 2, two seeds each (GN-paper-like numbers), plus lists the exact
+    values."""
     write_record(root, "bn", 32, 0, 23.5, ips=200, mem=50)
     write_record(root, "bn", 32, 1, 23.7, ips=400, mem=70)
     write_record(root, "bn", 2, 0, 34.0, ips=20, mem=5)
@@ -55,7 +79,8 @@ def md_rows(text: str) -> dict[str, list[str]]:
 
 def test_markdown_cells_bold_and_delta(tmp_path):
     table = build_table(grid(tmp_path))
-    assert table.rows == ["bn", "gn"] and table.cols == [32, 2]  # bn first; batch descending like the paper
+    # bn first; batch descending like the paper
+    assert table.rows == ["bn", "gn"] and table.cols == [32, 2]
     assert table.cell("bn", 32).mean == pytest.approx(23.6)
     assert table.cell("bn", 32).std == pytest.approx(std(23.5, 23.7))
     assert table.cell("gn", 2).n == 2
@@ -83,7 +108,8 @@ def test_diverged_failed_and_unfinished_are_never_averaged(tmp_path):
     write_record(tmp_path, "bn", 2, 1, float("nan"), status="diverged")
     write_record(tmp_path, "bn", 2, 2, 10.0, status="failed")
     write_record(tmp_path, "bn", 4, 0, 23.0)
-    write_record(tmp_path, "bn", 4, 1, 99.0, status="diverged")  # a diverged run's metric is not used
+    # a diverged run's metric is not used
+    write_record(tmp_path, "bn", 4, 1, 99.0, status="diverged")
     write_record(tmp_path, "gn", 2, 0, 99.0, status="failed")
     write_record(tmp_path, "gn", 4, 0, 25.0)
     write_record(tmp_path, "gn", 4, 1, 50.0, status="running")
@@ -115,8 +141,15 @@ def test_latex_booktabs(tmp_path):
     lines = text.splitlines()
     assert r"\begin{tabular}{lrr}" in lines
     assert [l for l in lines if l in (r"\toprule", r"\midrule", r"\bottomrule")] == [
-        r"\toprule", r"\midrule", r"\midrule", r"\bottomrule"]
-    assert f"bn & \\textbf{{23.60 $\\pm$ {std(23.5, 23.7):.2f}}} & 34.50 $\\pm$ {std(34.0, 35.0):.2f} \\\\" in lines
+        r"\toprule",
+        r"\midrule",
+        r"\midrule",
+        r"\bottomrule",
+    ]
+    assert (
+        f"bn & \\textbf{{23.60 $\\pm$ {std(23.5, 23.7):.2f}}} & 34.50 $\\pm$ "
+        f"{std(34.0, 35.0):.2f} \\\\"
+    ) in lines
     assert r"$\Delta$ gn$-$bn & +0.50 & -10.30 \\" in lines
 
 
@@ -128,7 +161,10 @@ def test_csv_raw_numbers(tmp_path):
     assert float(bn["batch=32 std"]) == pytest.approx(std(23.5, 23.7))
     assert float(gn["batch=2 mean"]) == pytest.approx(24.2)
     assert (bn["batch=2 n"], bn["batch=2 div"]) == ("2", "0")
-    assert float(gn["images_per_second"]) == pytest.approx(110.0) and float(gn["peak_memory_mb"]) == 80.0
+    assert (
+        float(gn["images_per_second"]) == pytest.approx(110.0)
+        and float(gn["peak_memory_mb"]) == 80.0
+    )
     assert len(parsed) == 2  # no Δ row in the raw numbers
 
 
@@ -139,7 +175,8 @@ def test_other_metric_rows_cols_and_dotted_key(tmp_path):
     assert table.cols == [16, 32]
     assert table.cell("gn", 16).mean == pytest.approx(23.2)
     rows = md_rows(to_markdown(table))
-    assert rows["gn"] == [f"**23.20 ± {std(23.0, 23.4):.2f} (n=2)**", "**24.00 (n=1)**"]  # one row: best in each column
+    # one row: best in each column
+    assert rows["gn"] == [f"**23.20 ± {std(23.0, 23.4):.2f} (n=2)**", "**24.00 (n=1)**"]
 
 
 def test_cells_mixing_other_settings_are_an_error(tmp_path):
@@ -168,11 +205,14 @@ def test_cli_table_formats_and_out(tmp_path, normbench):
     assert result.code == 0 and "0.5000" in result.out
 
 
-@pytest.mark.parametrize("args, message", [
-    ((), "no readable run records"),
-    (("--format", "html"), "unknown format"),
-    (("--metric", "accuracy"), "unknown metric"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((), "no readable run records"),
+        (("--format", "html"), "unknown format"),
+        (("--metric", "accuracy"), "unknown metric"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(tmp_path, normbench, args, message):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -195,7 +235,8 @@ def test_corrupt_record_is_skipped_with_one_warning(tmp_path, normbench):
     warnings = result.err.strip().splitlines()
     assert len(warnings) == 2 and all(w.startswith("warning: skipping") for w in warnings)
     assert str(bad / "record.json") in result.err
-    assert md_rows(result.out)["Δ gn−bn"] == ["+0.50", "-10.30"]  # the good records' numbers are intact
+    # the good records' numbers are intact
+    assert md_rows(result.out)["Δ gn−bn"] == ["+0.50", "-10.30"]
 
 
 def test_plot_figure_and_png(tmp_path, normbench):
@@ -209,7 +250,9 @@ def test_plot_figure_and_png(tmp_path, normbench):
     assert ax.xaxis_inverted()  # batch shrinks left to right, as in the GN paper's Figure 1
     assert "(%)" in ax.get_ylabel() and "batch" in ax.get_xlabel()
     bn_line = ax.containers[0].lines[0]
-    assert list(bn_line.get_xdata()) == [2, 32] and list(bn_line.get_ydata()) == pytest.approx([34.5, 23.6])
+    assert list(bn_line.get_xdata()) == [2, 32] and list(bn_line.get_ydata()) == pytest.approx(
+        [34.5, 23.6]
+    )
     result = normbench("plot", str(tmp_path))
     assert result.code == 0, result.err
     assert (tmp_path / "error_vs_batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -222,13 +265,20 @@ def test_plot_figure_and_png(tmp_path, normbench):
 def test_end_to_end_two_real_runs(tmp_path, normbench):
     out = tmp_path / "outputs"
     for norm in ("bn", "gn"):
-        assert normbench("run", *TINY, f"norm={norm}", "norm.groups=2" if norm == "gn" else "seed=0",
-                         out=out).code == 0
+        assert (
+            normbench(
+                "run", *TINY, f"norm={norm}", "norm.groups=2" if norm == "gn" else "seed=0", out=out
+            ).code
+            == 0
+        )
     records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/record.json")}
     result = normbench("table", str(out))
     assert result.code == 0, result.err
     rows = md_rows(result.out)
     assert rows["norm \\ batch"] == ["16"]
     for key, record in records.items():
-        assert rows[record["config"]["norm"]["name"]][0].strip("*") == f"{record['metrics']['test_error']:.2f}"
+        assert (
+            rows[record["config"]["norm"]["name"]][0].strip("*")
+            == f"{record['metrics']['test_error']:.2f}"
+        )
     assert rows["Δ gn−bn"][0] != "–"

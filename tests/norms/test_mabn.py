@@ -1,13 +1,14 @@
-"""MABN (Yan et al., ICLR 2020) against an independent step-by-step reference written from the paper's
-equations (plain Python lists as ring buffers), in float64.
+"""MABN (Yan et al., ICLR 2020) against an independent step-by-step reference written from the
+paper's equations (plain Python lists as ring buffers), in float64.
 
 The reference below restates the algorithm of normbench/norms/mabn.py's docstring:
-  iteration t (1-based count of training forwards), B = buffer_size, W = warmup_iters, R = renorm_iters
-  chi2 = E[x^2] over (N, H, W) (dim=1: over N); var = chi2 if t <= B or t < W else mean of the last B chi2
-  r = 1 if t <= max(R, W) else clip(sqrt(var+eps)/sqrt(running_var+eps), 1/r_max, r_max)  (running_var before update)
-  y = w * r * x / sqrt(var+eps) + b;  running_var = m * running_var + (1 - m) * var
-  backward: g = dy*w*r; psi = E[g*z]; psibar = psi (raw step) or mean of the last B psi written by backwards
-  dx = (g - z*psibar)/sqrt(var+eps); dw = sum(dy*r*z); db = sum(dy)
+  iteration t (1-based count of training forwards), B = buffer_size, W = warmup_iters, R =
+  renorm_iters chi2 = E[x^2] over (N, H, W) (dim=1: over N); var = chi2 if t <= B or t < W else mean
+  of the last B chi2 r = 1 if t <= max(R, W) else clip(sqrt(var+eps)/sqrt(running_var+eps), 1/r_max,
+  r_max)  (running_var before update) y = w * r * x / sqrt(var+eps) + b;  running_var = m *
+  running_var + (1 - m) * var
+  backward: g = dy*w*r; psi = E[g*z]; psibar = psi (raw step) or mean of the last B psi written by
+  backwards dx = (g - z*psibar)/sqrt(var+eps); dw = sum(dy*r*z); db = sum(dy)
 """
 
 from __future__ import annotations
@@ -38,10 +39,24 @@ SMALL = dict(buffer_size=4, warmup_iters=6, renorm_iters=10, r_max=1.5, momentum
 class Reference:
     """MABN from the equations; the rings are Python lists of (C,) tensors."""
 
-    def __init__(self, c, eps=1e-5, momentum=0.98, buffer_size=16, warmup_iters=100, renorm_iters=1000,
-                 r_max=5.0):
+    def __init__(
+        self,
+        c,
+        eps=1e-5,
+        momentum=0.98,
+        buffer_size=16,
+        warmup_iters=100,
+        renorm_iters=1000,
+        r_max=5.0,
+    ):
         self.eps, self.momentum, self.b, self.w_it, self.r_it, self.r_max = (
-            eps, momentum, buffer_size, warmup_iters, renorm_iters, r_max)
+            eps,
+            momentum,
+            buffer_size,
+            warmup_iters,
+            renorm_iters,
+            r_max,
+        )
         self.running_var = torch.ones(c, dtype=F64)
         self.chi2s: list[torch.Tensor] = []
         self.psis: list[torch.Tensor] = []
@@ -59,7 +74,7 @@ class Reference:
         self.t += 1
         t = self.t
         chi2 = (x * x).mean(dim=self.axes(x))
-        self.chi2s = (self.chi2s + [chi2])[-self.b:]
+        self.chi2s = (self.chi2s + [chi2])[-self.b :]
         raw = t <= self.b or t < self.w_it
         var = chi2 if raw else sum(self.chi2s) / len(self.chi2s)
         assert raw or len(self.chi2s) == self.b
@@ -77,7 +92,7 @@ class Reference:
         x, z, sigma, r = ctx["x"], ctx["z"], ctx["sigma"], ctx["r"]
         g = dy * self.bc(ctx["w"] * r, x)
         psi = (g * z).mean(dim=self.axes(x))
-        self.psis = (self.psis + [psi])[-self.b:]
+        self.psis = (self.psis + [psi])[-self.b :]
         psibar = psi if ctx["raw"] else sum(self.psis) / len(self.psis)
         dx = (g - z * self.bc(psibar, x)) / self.bc(sigma, x)
         dw = (dy * self.bc(r, x) * z).sum(dim=self.axes(x))
@@ -86,8 +101,8 @@ class Reference:
 
 
 def batch(t, dim=2, n=3, c=C, seed=0):
-    """Scripted batch t: per-channel offsets and scales that drift, and at t >= 15 jump (channel 0 up,
-    channel 1 down) so that r hits both clip bounds for a while."""
+    """Scripted batch t: per-channel offsets and scales that drift, and at t >= 15 jump (channel 0
+    up, channel 1 down) so that r hits both clip bounds for a while."""
     g = torch.Generator().manual_seed(1000 * seed + t)
     shape = (n, c, 4, 3) if dim == 2 else (n, c)
     scale = torch.linspace(0.5, 2.0, c, dtype=F64) * (1 + 0.3 * math.sin(t))
@@ -100,7 +115,9 @@ def batch(t, dim=2, n=3, c=C, seed=0):
 
 
 def upstream(t, shape, seed=0):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(5000 + 1000 * seed + t), dtype=F64)
+    return torch.randn(
+        shape, generator=torch.Generator().manual_seed(5000 + 1000 * seed + t), dtype=F64
+    )
 
 
 def make(dim=2, c=C, **opts):
@@ -142,16 +159,21 @@ def test_warmup_backward_equals_autograd_of_centering_free_formula(dim):
         xr = x.clone().requires_grad_(True)
         w, b = (p.detach().clone().requires_grad_(True) for p in (m.weight, m.bias))
         axes = Reference.axes(x)
-        y = Reference.bc(w, x) * xr / torch.sqrt((xr * xr).mean(dim=axes, keepdim=True) + eps) + Reference.bc(b, x)
+        y = Reference.bc(w, x) * xr / torch.sqrt(
+            (xr * xr).mean(dim=axes, keepdim=True) + eps
+        ) + Reference.bc(b, x)
         (y * dy).sum().backward()
-        for a, e, what in zip(got, (y.detach(), xr.grad, w.grad, b.grad), ("y", "dx", "dweight", "dbias")):
+        for a, e, what in zip(
+            got, (y.detach(), xr.grad, w.grad, b.grad), ("y", "dx", "dweight", "dbias")
+        ):
             torch.testing.assert_close(a, e, **TOL, msg=lambda s, what=what: f"t={t} {what}: {s}")
         # centering-free: the affine-free output is not zero-mean (a BN would be)
         assert (got[0] - Reference.bc(m.bias.detach(), x)).mean(dim=axes).abs().max() > 1e-3
         sgd(m)
 
 
-# ------------------------------------------------------------ every phase, step by step vs reference
+# ------------------------------------------------------------ every phase, step by step vs
+# reference
 @pytest.mark.parametrize("dim", [2, 1])
 def test_follows_reference_across_all_phases(dim):
     m = make(dim, **SMALL)
@@ -170,7 +192,8 @@ def test_follows_reference_across_all_phases(dim):
         rs.append(ctx["r"])
         raws.append(ctx["raw"])
         sgd(m)
-    # the script crossed every boundary: raw -> averaged at t=6, r = 1 -> clipped at t=11, clip hit both ways
+    # the script crossed every boundary: raw -> averaged at t=6, r = 1 -> clipped at t=11, clip hit
+    # both ways
     assert raws[:5] == [True] * 5 and not any(raws[5:])
     assert all(torch.all(r == 1) for r in rs[:10])
     released = torch.stack(rs[10:])
@@ -182,7 +205,8 @@ def test_follows_reference_across_all_phases(dim):
 def test_ring_buffers_hold_the_last_statistics():
     m = make(2, **SMALL)
     ref = Reference(C, **SMALL)
-    for t in range(1, 8):  # after t=7: slots 0, 1, 2, 3 hold iterations 5, 6, 7, 4 (slot (t - 1) % 4)
+    # after t=7: slots 0, 1, 2, 3 hold iterations 5, 6, 7, 4 (slot (t - 1) % 4)
+    for t in range(1, 8):
         x, dy = batch(t), upstream(t, batch(t).shape)
         _, ctx = ref.forward(x, *params(m))
         ref.backward(ctx, dy)
@@ -194,8 +218,8 @@ def test_ring_buffers_hold_the_last_statistics():
 
 # ----------------------------------------------------- forward without backward, accumulation, eval
 def test_forward_without_backward_and_eval_follow_the_documented_semantics():
-    """A training forward under no_grad is an iteration without psi; eval changes nothing; afterwards
-    training continues exactly like the reference (which never saw the eval forwards)."""
+    """A training forward under no_grad is an iteration without psi; eval changes nothing;
+    afterwards training continues exactly like the reference (which never saw the eval forwards)."""
     m = make(2, **SMALL)
     ref = Reference(C, **SMALL)
     for t in range(1, 21):
@@ -214,17 +238,24 @@ def test_forward_without_backward_and_eval_follow_the_documented_semantics():
             for a, e in zip(got, (y_ref, *grads_ref)):
                 torch.testing.assert_close(a, e, **TOL)
             sgd(m)
-        if t in (5, 11, 16):  # eval in between: running_var, grads through the eval form, no state change
+        # eval in between: running_var, grads through the eval form, no state change
+        if t in (5, 11, 16):
             state = copy.deepcopy(m.state_dict())
             m.eval()
             xe = batch(100 + t).requires_grad_(True)
             ye = m(xe)
-            expected = (Reference.bc(m.weight, xe) * xe / Reference.bc(torch.sqrt(m.running_var + m.eps), xe)
-                        + Reference.bc(m.bias, xe))
+            expected = Reference.bc(m.weight, xe) * xe / Reference.bc(
+                torch.sqrt(m.running_var + m.eps), xe
+            ) + Reference.bc(m.bias, xe)
             torch.testing.assert_close(ye, expected, **TOL)
             ye.sum().backward()
-            torch.testing.assert_close(xe.grad, (Reference.bc(m.weight, xe) / Reference.bc(
-                torch.sqrt(m.running_var + m.eps), xe)).expand_as(xe), **TOL)
+            torch.testing.assert_close(
+                xe.grad,
+                (
+                    Reference.bc(m.weight, xe) / Reference.bc(torch.sqrt(m.running_var + m.eps), xe)
+                ).expand_as(xe),
+                **TOL,
+            )
             m.zero_grad(set_to_none=True)
             with torch.inference_mode():
                 m(batch(200 + t))
@@ -272,7 +303,8 @@ def test_resume_from_state_dict_is_bit_identical(k):
     blob = io.BytesIO()
     torch.save(a.state_dict(), blob)
     blob.seek(0)
-    b = build_norm("mabn", C, 2, **SMALL).double()  # fresh: counters 0, rings empty, other parameters
+    # fresh: counters 0, rings empty, other parameters
+    b = build_norm("mabn", C, 2, **SMALL).double()
     assert b.iteration == 0
     b.load_state_dict(torch.load(blob))
     assert b.iteration == k and b._backward_iters == k
@@ -284,19 +316,28 @@ def test_resume_from_state_dict_is_bit_identical(k):
         sgd(a), sgd(b)
     for (name, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(u, v), name
-    assert set(a.state_dict()) == {"weight", "bias", "running_var", "chi2_buffer", "psi_buffer", "iters",
-                                   "backward_iters"}
+    assert set(a.state_dict()) == {
+        "weight",
+        "bias",
+        "running_var",
+        "chi2_buffer",
+        "psi_buffer",
+        "iters",
+        "backward_iters",
+    }
 
 
 def test_copies_and_dtype_conversion_continue_exactly():
-    """deepcopy mid-run continues bit-identically; a layer that ran in float32, then .double() and loaded a
-    float64 state continues exactly like the float64 original (its cached ring views and eps follow)."""
+    """deepcopy mid-run continues bit-identically; a layer that ran in float32, then .double() and
+    loaded a float64 state continues exactly like the float64 original (its cached ring views and
+    eps follow)."""
     a = make(2, **SMALL)
     for t in range(1, 8):
         train_step(a, batch(t), upstream(t, batch(t).shape))
     b = copy.deepcopy(a)
     c = build_norm("mabn", C, 2, **SMALL)
-    train_step(c, batch(1).float(), upstream(1, batch(1).shape).float())  # float32 views and constants in use
+    # float32 views and constants in use
+    train_step(c, batch(1).float(), upstream(1, batch(1).shape).float())
     c.double().load_state_dict(a.state_dict())
     for t in range(8, 16):
         x, dy = batch(t), upstream(t, batch(t).shape)
@@ -319,12 +360,14 @@ def test_double_backward_is_refused():
 
 # ---------------------------------------------------------------------------------------- no sync
 def test_training_step_never_reads_a_device_tensor_on_the_host(monkeypatch):
-    """.item(), bool(), int(), float(), index use and tolist() of any tensor raise during train steps
-    covering every phase (the official code's iters.item() would fail here)."""
+    """.item(), bool(), int(), float(), index use and tolist() of any tensor raise during train
+    steps covering every phase (the official code's iters.item() would fail here)."""
     m = make(2, **SMALL)
     m1 = make(1, **SMALL)
-    steps = [(batch(t), upstream(t, batch(t).shape), batch(t, 1), upstream(t, batch(t, 1).shape))
-             for t in range(1, 14)]
+    steps = [
+        (batch(t), upstream(t, batch(t).shape), batch(t, 1), upstream(t, batch(t, 1).shape))
+        for t in range(1, 14)
+    ]
 
     def host_read(*args, **kwargs):
         raise AssertionError("host read of a tensor during a MABN training step")
@@ -357,35 +400,81 @@ def test_no_device_sync_on_cuda():
 
 
 # ----------------------------------------------------------------------------- build and options
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_config_spec_and_defaults():
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "norm" / "mabn.yaml"))
     assert cfg.pop("name") == "mabn"
-    assert cfg == norm_options("mabn") == dict(eps=1e-5, momentum=0.98, buffer_size=16, warmup_iters=100,
-                                               renorm_iters=1000, r_max=5.0, center_weights=True)
+    assert (
+        cfg
+        == norm_options("mabn")
+        == dict(
+            eps=1e-5,
+            momentum=0.98,
+            buffer_size=16,
+            warmup_iters=100,
+            renorm_iters=1000,
+            r_max=5.0,
+            center_weights=True,
+        )
+    )
     spec = NORMS["mabn"]
     assert (spec.batch_dependent, spec.includes_activation, spec.supports_1d, spec.conv_weight) == (
-        True, False, True, "center")
+        True,
+        False,
+        True,
+        "center",
+    )
     assert "Yan" in spec.description and "\n" not in spec.description
     for dim in (1, 2):
         m = build_norm("mabn", 16, dim, **cfg)
         assert isinstance(m, MovingAverageBatchNorm)
         assert {k: p.shape for k, p in m.named_parameters()} == {"weight": (16,), "bias": (16,)}
-        assert m.running_var.shape == (16,) and m.chi2_buffer.shape == m.psi_buffer.shape == (16, 16)
+        assert m.running_var.shape == (16,) and m.chi2_buffer.shape == m.psi_buffer.shape == (
+            16,
+            16,
+        )
         assert torch.all(m.running_var == 1)
-        assert (m.uses_batch_stats(99), m.uses_batch_stats(100), m.fixed_r_iters) == (True, False, 1000)
+        assert (m.uses_batch_stats(99), m.uses_batch_stats(100), m.fixed_r_iters) == (
+            True,
+            False,
+            1000,
+        )
     r = repr(build_norm("mabn", 8))
-    assert all(s in r for s in ("8", "eps=1e-05", "momentum=0.98", "buffer_size=16", "warmup_iters=100",
-                                "renorm_iters=1000", "r_max=5.0", "dim=2"))
+    assert all(
+        s in r
+        for s in (
+            "8",
+            "eps=1e-05",
+            "momentum=0.98",
+            "buffer_size=16",
+            "warmup_iters=100",
+            "renorm_iters=1000",
+            "r_max=5.0",
+            "dim=2",
+        )
+    )
 
 
-@pytest.mark.parametrize("option,bad", [
-    ("eps", 0), ("eps", -1e-5), ("momentum", 1.5), ("momentum", -0.1), ("momentum", True), ("buffer_size", 0),
-    ("buffer_size", 2.0), ("warmup_iters", -1), ("renorm_iters", "10"), ("r_max", 0.5), ("r_max", math.inf),
-    ("center_weights", "yes"), ("center_weights", 1),
-])
+@pytest.mark.parametrize(
+    "option,bad",
+    [
+        ("eps", 0),
+        ("eps", -1e-5),
+        ("momentum", 1.5),
+        ("momentum", -0.1),
+        ("momentum", True),
+        ("buffer_size", 0),
+        ("buffer_size", 2.0),
+        ("warmup_iters", -1),
+        ("renorm_iters", "10"),
+        ("r_max", 0.5),
+        ("r_max", math.inf),
+        ("center_weights", "yes"),
+        ("center_weights", 1),
+    ],
+)
 def test_bad_options_name_the_option(option, bad):
     with pytest.raises(NormConfigError, match=option):
         build_norm("mabn", 8, **{option: bad})

@@ -1,5 +1,5 @@
-"""Sweeps through Hydra's launchers (joblib for --jobs N, submitit_local standing in for SLURM) and the grids
-that experiment presets hold."""
+"""Sweeps through Hydra's launchers (joblib for --jobs N, submitit_local standing in for SLURM) and
+the grids that experiment presets hold."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 
 from normbench.config import compose
 from normbench.sweep import default_name, expand
-
-from conftest import TINY
 
 GRID = ["norm=bn,gn", "batch=8,16"]
 
@@ -23,14 +22,22 @@ def _sweep(normbench, root: Path, *args: str):
 
 
 def _records(root: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("runs/*/record.json"))}
+    return {
+        p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("runs/*/record.json"))
+    }
 
 
 def _history(record: dict) -> list[float]:
-    return [value for entry in record["history"] for key, value in sorted(entry.items()) if key != "train_seconds"]
+    return [
+        value
+        for entry in record["history"]
+        for key, value in sorted(entry.items())
+        if key != "train_seconds"
+    ]
 
 
 # ---------------------------------------------------------------- presets hold a grid
+
 
 def test_presets_compose_and_hold_their_grid():
     quick = expand(["experiment=quick"])
@@ -38,15 +45,37 @@ def test_presets_compose_and_hold_their_grid():
     assert len(quick.cells) == 9 and quick.labels[0] == "norm=bn batch=32"
     assert default_name(quick) == "quick"
     paper = expand(["experiment=gn_paper"])
-    assert paper.swept == [("norm", ["bn", "ln", "in", "gn", "frn", "mabn"]), ("batch", ["32", "16", "8", "4", "2"])]
+    assert paper.swept == [
+        ("norm", ["bn", "ln", "in", "gn", "frn", "mabn"]),
+        ("batch", ["32", "16", "8", "4", "2"]),
+    ]
     cfg = compose(["experiment=gn_paper"])
     assert (cfg.accum, cfg.lr, cfg.lr_scaling, cfg.lr_ref_batch) == (8, 0.1, "linear", 256)
-    assert (cfg.backbone.name, cfg.data.name, cfg.backbone.activation) == ("lenet", "fashion_mnist", "relu")
+    assert (cfg.backbone.name, cfg.data.name, cfg.backbone.activation) == (
+        "lenet",
+        "fashion_mnist",
+        "relu",
+    )
     d2l = compose(["experiment=d2l_lenet_bn"])
-    assert (d2l.backbone.activation, d2l.backbone.pool, d2l.backbone.init) == ("sigmoid", "avg", "xavier")
-    assert (d2l.norm.name, d2l.batch, d2l.epochs, d2l.lr, d2l.lr_scaling) == ("bn", 256, 10, 1.0, "none")
-    assert (d2l.optim.momentum, d2l.optim.weight_decay, d2l.optim.schedule) == (0.0, 0.0, "constant")
-    # the preset's LeNet settings live in backbone/lenet_relu.yaml, so another backbone gets no stray keys
+    assert (d2l.backbone.activation, d2l.backbone.pool, d2l.backbone.init) == (
+        "sigmoid",
+        "avg",
+        "xavier",
+    )
+    assert (d2l.norm.name, d2l.batch, d2l.epochs, d2l.lr, d2l.lr_scaling) == (
+        "bn",
+        256,
+        10,
+        1.0,
+        "none",
+    )
+    assert (d2l.optim.momentum, d2l.optim.weight_decay, d2l.optim.schedule) == (
+        0.0,
+        0.0,
+        "constant",
+    )
+    # the preset's LeNet settings live in backbone/lenet_relu.yaml, so another backbone gets no
+    # stray keys
     assert "pool" not in compose(["experiment=gn_paper", "backbone=resnet20"]).backbone
 
 
@@ -59,7 +88,8 @@ def test_swept_values_keep_the_users_spelling():
 
 def test_command_line_keys_replace_the_presets_sweep_of_that_key():
     grid = expand(["experiment=gn_paper", "norm=gn", "seed=0,1"])
-    assert [key for key, _ in grid.swept] == ["seed", "batch"]      # norm fixed by the user, batch from the preset
+    # norm fixed by the user, batch from the preset
+    assert [key for key, _ in grid.swept] == ["seed", "batch"]
     assert all("norm=gn" in cell for cell in grid.cells) and len(grid.cells) == 10
     assert default_name(grid) == "gn_paper_norm=gn_seed-0,1"
     narrowed = expand(["experiment=quick", "batch=4,2"])
@@ -75,16 +105,26 @@ def test_unknown_preset_is_one_line_with_a_suggestion(normbench, tmp_path):
 
 # ---------------------------------------------------------------- launchers
 
+
 @pytest.mark.slow
 def test_jobs_run_the_grid_in_worker_processes_like_a_sequential_sweep(normbench, tmp_path):
     parallel = _sweep(normbench, tmp_path / "par", *GRID, "--jobs", "2", "--name", "g")
     assert parallel.code == 0, parallel.err
     assert "through Hydra's joblib launcher, 2 at a time" in parallel.out
-    assert "4 cells: 4 completed, 0 skipped (already completed), 0 diverged, 0 failed" in parallel.out
-    assert "| norm \\ batch | 16 | 8 |" in parallel.out      # the table is printed, not only written
+    assert (
+        "4 cells: 4 completed, 0 skipped (already completed), 0 diverged, 0 failed" in parallel.out
+    )
+    # the table is printed, not only written
+    assert "| norm \\ batch | 16 | 8 |" in parallel.out
     folder = tmp_path / "par" / "sweeps" / "g"
-    assert {"sweep.yaml", "table.md", "table.tex", "table.csv", "error_vs_batch.png", "launcher"} == \
-        {p.name for p in folder.iterdir()}
+    assert {
+        "sweep.yaml",
+        "table.md",
+        "table.tex",
+        "table.csv",
+        "error_vs_batch.png",
+        "launcher",
+    } == {p.name for p in folder.iterdir()}
     meta = yaml.safe_load((folder / "sweep.yaml").read_text())
     records = _records(tmp_path / "par")
     assert sorted(c["run_key"] for c in meta["cells"]) == sorted(records) and len(records) == 4
@@ -92,13 +132,16 @@ def test_jobs_run_the_grid_in_worker_processes_like_a_sequential_sweep(normbench
 
     sequential = _sweep(normbench, tmp_path / "seq", *GRID, "--name", "g")
     assert sequential.code == 0, sequential.err
-    # same cells, same run keys, same numbers: a worker process changes nothing but where the run trains
-    # (workers use fewer torch threads; on this CPU LeNet's kernels give the same floats either way)
+    # same cells, same run keys, same numbers: a worker process changes nothing but where the run
+    # trains (workers use fewer torch threads; on this CPU LeNet's kernels give the same floats
+    # either way)
     reference = _records(tmp_path / "seq")
     assert sorted(reference) == sorted(records)
     for key, record in records.items():
         assert _history(record) == pytest.approx(_history(reference[key]), rel=1e-5), key
-    assert (folder / "table.md").read_text() == (tmp_path / "seq" / "sweeps" / "g" / "table.md").read_text()
+    assert (folder / "table.md").read_text() == (
+        tmp_path / "seq" / "sweeps" / "g" / "table.md"
+    ).read_text()
 
     # a rerun launches only what is missing: one deleted run -> one Hydra job
     removed = sorted(records)[0]
@@ -110,13 +153,16 @@ def test_jobs_run_the_grid_in_worker_processes_like_a_sequential_sweep(normbench
     table = json.loads((folder / "launcher" / "cells.json").read_text())
     assert len(table["cells"]) == 1 and sorted(_records(tmp_path / "par")) == sorted(records)
     (cell,) = table["cells"].values()
-    assert _history(_records(tmp_path / "par")[removed]) == pytest.approx(_history(reference[removed]), rel=1e-5)
+    assert _history(_records(tmp_path / "par")[removed]) == pytest.approx(
+        _history(reference[removed]), rel=1e-5
+    )
     (swept_cell,) = [c for c in meta["cells"] if c["run_key"] == removed]
 
     def settings(overrides):  # what the job adds: an absolute out and no progress bar
         return [text for text in overrides if not text.startswith(("out=", "log."))]
 
-    assert settings(cell) == settings(swept_cell["overrides"])  # the job trained exactly the validated cell
+    # the job trained exactly the validated cell
+    assert settings(cell) == settings(swept_cell["overrides"])
 
 
 @pytest.mark.slow
@@ -129,8 +175,12 @@ def test_a_failing_cell_in_a_worker_does_not_stop_the_launched_sweep(normbench, 
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_each_cell_as_a_job(normbench, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install 'normbench[slurm]'")
-    result = _sweep(normbench, tmp_path, "norm=bn,gn", "hydra/launcher=submitit_local", "--name", "s")
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="pip install 'normbench[slurm]'"
+    )
+    result = _sweep(
+        normbench, tmp_path, "norm=bn,gn", "hydra/launcher=submitit_local", "--name", "s"
+    )
     assert result.code == 0, result.err
     assert "through Hydra's submitit_local launcher" in result.out
     assert "2 cells: 2 completed, 0 skipped (already completed), 0 diverged, 0 failed" in result.out

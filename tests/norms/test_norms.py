@@ -15,15 +15,31 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from normbench.norms.reference import (_affine, _bcast, _normalize, ref_bn_eval, ref_bn_running, ref_bn_train, ref_evonorm_s0,
-                                        ref_frn, ref_gn, ref_in, ref_ln, ref_mabn, ref_none)
 from normbench.norms import NORMS, NormSpec, build_norm, norm_options, resolve_groups
+from normbench.norms.reference import (
+    ref_bn_eval,
+    ref_bn_running,
+    ref_bn_train,
+    ref_evonorm_s0,
+    ref_frn,
+    ref_gn,
+    ref_in,
+    ref_ln,
+    ref_mabn,
+    ref_none,
+)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "norm"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "norm"
 ALLOWED_PARAMS = {"weight", "bias", "tau", "eps_l", "v"}  # v: EvoNorm's
-RUNNING_STATS = {"bn": {"running_mean", "running_var"}, "syncbn": {"running_mean", "running_var"},
-                 "brn": {"running_mean", "running_var"}, "gbn": {"running_mean", "running_var"},
-                 "evonorm_b0": {"running_var"}, "mabn": {"running_var"}}  # norms whose eval uses running stats
+RUNNING_STATS = {
+    "bn": {"running_mean", "running_var"},
+    "syncbn": {"running_mean", "running_var"},
+    "brn": {"running_mean", "running_var"},
+    "gbn": {"running_mean", "running_var"},
+    # norms whose eval uses running stats
+    "evonorm_b0": {"running_var"},
+    "mabn": {"running_var"},
+}
 N, C, H, W = 5, 6, 4, 3  # all different, so normalizing over a wrong axis shows
 TOL = dict(rtol=1e-9, atol=1e-10)
 
@@ -46,7 +62,10 @@ def _randomize(m: torch.nn.Module, seed: int = 1) -> None:
             if name == "eps_l":  # keep eps_l small but signed, so |eps_l| matters
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1e-2)
             else:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) + (1.0 if name == "weight" else 0.0))
+                p.copy_(
+                    torch.randn(p.shape, generator=g, dtype=p.dtype)
+                    + (1.0 if name == "weight" else 0.0)
+                )
 
 
 def _grads_match(module, ref, x, seed=2):
@@ -65,7 +84,9 @@ def _grads_match(module, ref, x, seed=2):
     torch.testing.assert_close(out, out_ref, **TOL)
     torch.testing.assert_close(x1.grad, x2.grad, **TOL)
     for k, v in module.named_parameters():
-        torch.testing.assert_close(v.grad, ps[k].grad, **TOL, msg=lambda m, k=k: f"grad of {k}: {m}")
+        torch.testing.assert_close(
+            v.grad, ps[k].grad, **TOL, msg=lambda m, k=k: f"grad of {k}: {m}"
+        )
     module.zero_grad(set_to_none=True)
 
 
@@ -104,7 +125,8 @@ def test_params_buffers_shapes_and_constant_input(name, dim, act):
     m = build_norm(name, C, dim, act=act)
     params = dict(m.named_parameters())
     assert set(params) <= ALLOWED_PARAMS
-    # the activation's parameters exist exactly in the activated form of a norm with its own activation
+    # the activation's parameters exist exactly in the activated form of a norm with its own
+    # activation
     assert bool(set(params) & ACTIVATION_PARAMS) == (act and NORMS[name].includes_activation)
     for k, p in params.items():
         assert p.shape == (C,), k
@@ -129,7 +151,9 @@ def test_params_buffers_shapes_and_constant_input(name, dim, act):
 def test_config_yaml_builds_factory(name):
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
     assert cfg.pop("name") == name
-    assert cfg == norm_options(name), "config keys/defaults must equal the factory's keyword options"
+    assert cfg == norm_options(name), (
+        "config keys/defaults must equal the factory's keyword options"
+    )
     for dim in _supported_dims(name):
         m = build_norm(name, 16, dim, **cfg)
         x = torch.randn(4, 16, 5, 5) if dim == 2 else torch.randn(4, 16)
@@ -137,21 +161,26 @@ def test_config_yaml_builds_factory(name):
 
 
 def test_factories_take_layer_arguments_positionally_and_options_by_keyword():
-    """The convention norm_options relies on: a factory's positional-or-keyword parameters are the layer's
-    (num_channels, dim, and act for a norm with its own activation); its keyword-only ones are the options."""
+    """The convention norm_options relies on: a factory's positional-or-keyword parameters are the
+    layer's (num_channels, dim, and act for a norm with its own activation); its keyword-only ones
+    are the options."""
     for name, spec in NORMS.items():
         params = inspect.signature(spec.factory).parameters.values()
         layer = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        assert layer == ["num_channels", "dim"] + (["act"] if spec.includes_activation else []), name
-        assert all(p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-                   for p in params), name
+        assert layer == ["num_channels", "dim"] + (["act"] if spec.includes_activation else []), (
+            name
+        )
+        assert all(
+            p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            for p in params
+        ), name
         assert "act" not in norm_options(name)
 
 
 @pytest.mark.parametrize("name,dim", NAME_DIMS)
 def test_act_false(name, dim):
-    """act=False: the activation-free form of a norm with its own activation (same class, without tau / v,
-    `act=False` in its repr); for any other norm exactly the module act=True gives."""
+    """act=False: the activation-free form of a norm with its own activation (same class, without
+    tau / v, `act=False` in its repr); for any other norm exactly the module act=True gives."""
     torch.manual_seed(0)
     a = build_norm(name, C, dim).double()
     torch.manual_seed(0)
@@ -243,8 +272,11 @@ def _ref_for(name, eps, **kw):
         "in": lambda x, p: ref_in(x, p, eps),
         "gn": lambda x, p: ref_gn(x, p, eps, kw.get("groups")),
         "frn": lambda x, p: ref_frn(x, p, eps, act=kw.get("act", True)),
-        "gn_ws": lambda x, p: ref_gn(x, p, eps, kw.get("groups")),  # the norm is GN; WS is on the convs
-        "evonorm_s0": lambda x, p: ref_evonorm_s0(x, p, eps, kw.get("groups"), act=kw.get("act", True)),
+        # the norm is GN; WS is on the convs
+        "gn_ws": lambda x, p: ref_gn(x, p, eps, kw.get("groups")),
+        "evonorm_s0": lambda x, p: ref_evonorm_s0(
+            x, p, eps, kw.get("groups"), act=kw.get("act", True)
+        ),
         "mabn": lambda x, p: ref_mabn(x, p, eps, kw["mode"]),
         "none": ref_none,
     }[name]
@@ -270,17 +302,25 @@ CASES = [
     ("evonorm_s0", 2, {"eps": 1e-3}, {"groups": 3}),  # groups=32 -> 3 on C=6
     ("evonorm_s0", 2, {"eps": 1e-3, "groups": 1, "min_channels_per_group": 1}, {"groups": 1}),
     ("evonorm_s0", 1, {"eps": 1e-3, "groups": 2}, {"groups": 2}),
-    # act=False (build_norm's layer argument, passed along with the options here): no TLU / no sigmoid
+    # act=False (build_norm's layer argument, passed along with the options here): no TLU / no
+    # sigmoid
     ("frn", 2, {"eps": 1e-3, "learned_eps": False, "act": False}, {"act": False}),
     ("frn", 2, {"eps": 1e-3, "learned_eps": True, "act": False}, {"act": False}),
     ("frn", 1, {"eps": 1e-3, "learned_eps": False, "act": False}, {"act": False}),
     ("frn", 1, {"eps": 1e-3, "learned_eps": True, "act": False}, {"act": False}),
     ("evonorm_s0", 2, {"eps": 1e-3, "act": False}, {"groups": 3, "act": False}),
-    ("evonorm_s0", 2, {"eps": 1e-3, "groups": 1, "min_channels_per_group": 1, "act": False},
-     {"groups": 1, "act": False}),
+    (
+        "evonorm_s0",
+        2,
+        {"eps": 1e-3, "groups": 1, "min_channels_per_group": 1, "act": False},
+        {"groups": 1, "act": False},
+    ),
     ("evonorm_s0", 1, {"eps": 1e-3, "groups": 2, "act": False}, {"groups": 2, "act": False}),
 ]
-CASE_IDS = [f"{c[0]}-d{c[1]}-{i}" + ("-act_false" if c[2].get("act") is False else "") for i, c in enumerate(CASES)]
+CASE_IDS = [
+    f"{c[0]}-d{c[1]}-{i}" + ("-act_false" if c[2].get("act") is False else "")
+    for i, c in enumerate(CASES)
+]
 
 
 @pytest.mark.parametrize("name,dim,opts,ref_kw", CASES, ids=CASE_IDS)
@@ -294,25 +334,34 @@ def test_norm_matches_reference(name, dim, opts, ref_kw, mode):
 
 
 def test_every_registered_norm_has_a_reference_case():
-    # batch-statistics norms other than BN are checked against references in test_norms_extra.py,
-    # whose tests are parametrized by BATCH_STAT_REFERENCE_DIMS (imported here, not at the top:
-    # test_norms_extra imports this module)
-    from test_norms_extra import ACT_FALSE_REFERENCE_DIMS, BATCH_STAT_REFERENCE_DIMS
+    # batch-statistics norms other than BN are checked against references in
+    # test_sync_renorm_ghost_evonorm_ws.py, parametrized by BATCH_STAT_REFERENCE_DIMS
+    # (imported here, not at the top: that module imports this one)
+    from test_sync_renorm_ghost_evonorm_ws import (
+        ACT_FALSE_REFERENCE_DIMS,
+        BATCH_STAT_REFERENCE_DIMS,
+    )
 
     covered = {c[0] for c in CASES} | {"bn"} | set(BATCH_STAT_REFERENCE_DIMS)
     assert covered == set(NORMS)
     for name in NORMS:
         for dim in _supported_dims(name):
-            assert (name == "bn" or dim in BATCH_STAT_REFERENCE_DIMS.get(name, ())
-                    or any(c[0] == name and c[1] == dim for c in CASES))
+            assert (
+                name == "bn"
+                or dim in BATCH_STAT_REFERENCE_DIMS.get(name, ())
+                or any(c[0] == name and c[1] == dim for c in CASES)
+            )
     # and the act=False form of every norm with its own activation, on each of its dims
-    linear = {(c[0], c[1]) for c in CASES if c[2].get("act") is False} | set(ACT_FALSE_REFERENCE_DIMS)
+    linear = {(c[0], c[1]) for c in CASES if c[2].get("act") is False} | set(
+        ACT_FALSE_REFERENCE_DIMS
+    )
     assert linear >= {(n, d) for n, d in NAME_DIMS if NORMS[n].includes_activation}
 
 
 # --------------------------------------------------------------------------- GN specifics
 @pytest.mark.parametrize(
-    "c,expected", [(6, 3), (16, 8), (120, 30), (84, 28), (64, 32), (256, 32), (1, 1), (2, 1), (3, 1), (7, 1)]
+    "c,expected",
+    [(6, 3), (16, 8), (120, 30), (84, 28), (64, 32), (256, 32), (1, 1), (2, 1), (3, 1), (7, 1)],
 )
 def test_resolve_groups_table(c, expected):
     assert resolve_groups(c, 32, 2, False) == expected
@@ -360,7 +409,13 @@ def test_frn_defaults_and_learned_eps_choice():
     assert m2.eps == 1e-6 and m1.eps == 1e-6
     assert "eps_l" not in dict(m2.named_parameters())  # auto: fixed eps on conv layers
     assert dict(m1.named_parameters())["eps_l"].shape == (C,)  # auto: learned on fc layers
-    for value, expected in [(True, True), ("true", True), ("TRUE", True), (False, False), ("false", False)]:
+    for value, expected in [
+        (True, True),
+        ("true", True),
+        ("TRUE", True),
+        (False, False),
+        ("false", False),
+    ]:
         for dim in (1, 2):
             m = build_norm("frn", C, dim, learned_eps=value)
             assert ("eps_l" in dict(m.named_parameters())) is expected
@@ -384,7 +439,8 @@ def test_frn_fc_fixed_eps_is_nearly_sign_and_tlu_clamps():
     m = build_norm("frn", C, 1, learned_eps=False).double()
     x = _input(1, seed=8)
     x = x.sign() * (x.abs() + 0.1)  # |x| >= 0.1, so x / sqrt(x^2 + 1e-6) is within 1e-4 of sign(x)
-    torch.testing.assert_close(m(x), torch.sign(x).clamp_min(0), atol=1e-3, rtol=0)  # tau=0: max(sign, 0)
+    # tau=0: max(sign, 0)
+    torch.testing.assert_close(m(x), torch.sign(x).clamp_min(0), atol=1e-3, rtol=0)
     with torch.no_grad():
         m.tau.fill_(0.25)
     assert (m(x) >= 0.25).all()
@@ -393,13 +449,15 @@ def test_frn_fc_fixed_eps_is_nearly_sign_and_tlu_clamps():
     with torch.no_grad():
         m2.weight.fill_(2.0), m2.bias.fill_(-0.5), m2.tau.fill_(-1.0)
     x2 = torch.tensor([[[[1.0, -1.0], [3.0, -3.0]]]], dtype=torch.float64)  # mean x^2 = 5
-    expected = torch.maximum(2.0 * x2 / math.sqrt(5 + 1e-6) - 0.5, torch.tensor(-1.0, dtype=torch.float64))
+    expected = torch.maximum(
+        2.0 * x2 / math.sqrt(5 + 1e-6) - 0.5, torch.tensor(-1.0, dtype=torch.float64)
+    )
     torch.testing.assert_close(m2(x2), expected, **TOL)
 
 
 def test_frn_act_false_is_linear_and_can_be_negative():
-    """Explicit numbers: without the TLU the output is gamma * x_hat + beta, values below any tau included;
-    the activated form clamps at tau."""
+    """Explicit numbers: without the TLU the output is gamma * x_hat + beta, values below any tau
+    included; the activated form clamps at tau."""
     lin = build_norm("frn", 1, 2, eps=1e-6, learned_eps=False, act=False).double()
     with torch.no_grad():
         lin.weight.fill_(2.0), lin.bias.fill_(-0.5)

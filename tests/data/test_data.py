@@ -1,4 +1,5 @@
-"""Tests for normbench.data: idx reader, Fashion-MNIST lookup, stratified subsets, synthetic data."""
+"""Tests for normbench.data: idx reader, Fashion-MNIST lookup, stratified subsets, synthetic
+data."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from normbench.data import fashion_mnist as fm
 from normbench.data.idx import read_idx
 from normbench.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 REAL_FILE = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 N_TRAIN, N_TEST = 60, 20
 
@@ -32,6 +33,7 @@ def config(name: str, **overrides):
 
 
 # --- writing idx files by hand (independent of the reader under test) ---
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """The idx encoding: 0x00 0x00, type 0x08 (uint8), ndim, big-endian int32 dims, raw data."""
@@ -66,7 +68,8 @@ def tiny_fashion(folder: Path, gz: bool = False, seed: int = 0) -> dict[str, np.
 
 @pytest.fixture
 def no_system_copy(tmp_path, monkeypatch):
-    """Tiny split sizes, and no Debian copy nor earlier download: empty folders stand in for them."""
+    """Tiny split sizes, and no Debian copy nor earlier download: empty folders stand in for
+    them."""
     monkeypatch.setattr(fm, "EXPECTED_COUNTS", {"train": N_TRAIN, "test": N_TEST})
     empty = tmp_path / "debian-empty"
     empty.mkdir()
@@ -77,6 +80,7 @@ def no_system_copy(tmp_path, monkeypatch):
 
 
 # --- idx reader ---
+
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_round_trip(tmp_path, gz):
@@ -95,7 +99,9 @@ def test_idx_literal_bytes(tmp_path):
     path = tmp_path / "labels"
     path.write_bytes(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x03" + b"\x02\x00\x09")
     assert read_idx(path).tolist() == [2, 0, 9]
-    path.write_bytes(b"\x00\x00\x08\x03" + b"\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03" + bytes(range(6)))
+    path.write_bytes(
+        b"\x00\x00\x08\x03" + b"\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03" + bytes(range(6))
+    )
     assert read_idx(path).tolist() == [[[0, 1, 2], [3, 4, 5]]]
 
 
@@ -120,8 +126,19 @@ def corrupt_files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(
-    "case", ["truncated", "too_long", "header_cut", "empty", "wrong_magic", "float_type",
-             "gz_truncated", "gz_garbage", "gz_of_truncated"])
+    "case",
+    [
+        "truncated",
+        "too_long",
+        "header_cut",
+        "empty",
+        "wrong_magic",
+        "float_type",
+        "gz_truncated",
+        "gz_garbage",
+        "gz_of_truncated",
+    ],
+)
 def test_idx_corrupt_raises_user_error(tmp_path, case):
     path = corrupt_files(tmp_path)[case]
     with pytest.raises(UserError) as err:
@@ -139,6 +156,7 @@ def test_idx_wrong_ndim_and_missing(tmp_path):
 
 
 # --- Fashion-MNIST from tiny files ---
+
 
 def expected_x(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     return ((torch.from_numpy(images).double() / 255 - mean) / std).float().unsqueeze(1)
@@ -165,7 +183,9 @@ def test_fashion_from_root_normalized(tmp_path, no_system_copy):
 
 def test_fashion_from_torchvision_layout_gz_plain_dict(tmp_path, no_system_copy):
     arrays = tiny_fashion(tmp_path / "root" / "FashionMNIST" / "raw", gz=True)
-    cfg = OmegaConf.to_container(config("fashion_mnist", root=str(tmp_path / "root"), mean=[0.5], std=[0.25]))
+    cfg = OmegaConf.to_container(
+        config("fashion_mnist", root=str(tmp_path / "root"), mean=[0.5], std=[0.25])
+    )
     data = load_data(cfg)  # plain dict config
     assert data.source == str(tmp_path / "root" / "FashionMNIST" / "raw")
     torch.testing.assert_close(data.train_x, expected_x(arrays["train_images"], 0.5, 0.25))
@@ -266,6 +286,7 @@ def test_fashion_download_failure(tmp_path, monkeypatch, no_system_copy):
 
 # --- registry ---
 
+
 def test_registry_and_unknown_name():
     assert set(DATASETS) >= {"fashion_mnist", "synthetic"}
     for spec in DATASETS.values():
@@ -276,10 +297,13 @@ def test_registry_and_unknown_name():
 
 def test_device_move():
     data = load_data(config("synthetic"), device="meta")
-    assert all(t.device.type == "meta" for t in (data.train_x, data.train_y, data.test_x, data.test_y))
+    assert all(
+        t.device.type == "meta" for t in (data.train_x, data.train_y, data.test_x, data.test_y)
+    )
 
 
 # --- stratified_subset ---
+
 
 def test_stratified_balanced():
     labels = torch.arange(1000) % 10
@@ -324,6 +348,7 @@ def test_stratified_errors():
 
 # --- synthetic ---
 
+
 def nearest_mean_accuracy(data: TensorData) -> float:
     flat = data.train_x.flatten(1)
     means = torch.stack([flat[data.train_y == c].mean(0) for c in range(data.num_classes)])
@@ -362,14 +387,24 @@ def test_synthetic_learnable():
     assert nearest_mean_accuracy(noise_only) < 0.3  # the accuracy comes from the patterns
 
 
-@pytest.mark.parametrize("key,value", [("train_size", 0), ("test_size", -1), ("train_size", 5),
-                                       ("noise", -1.0), ("noise", "loud"), ("in_channels", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("train_size", 0),
+        ("test_size", -1),
+        ("train_size", 5),
+        ("noise", -1.0),
+        ("noise", "loud"),
+        ("in_channels", 0),
+    ],
+)
 def test_synthetic_invalid(key, value):
     with pytest.raises(UserError, match=key):
         load_data(config("synthetic", **{key: value}))
 
 
 # --- the real data set ---
+
 
 @pytest.mark.slow
 def test_real_fashion_mnist():

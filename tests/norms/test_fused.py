@@ -8,8 +8,16 @@ import torch
 from normbench.norms._fused import biased_var_mean, channel_maximum
 
 
-@pytest.mark.parametrize("y_shape,t_shape", [((3, 4, 5, 2), (1, 4, 1, 1)), ((3, 4), (1, 4)), ((3, 4), (4,)),
-                                             ((3, 4, 5, 2), (3, 4, 1, 1)), ((2, 3), (2, 3))])
+@pytest.mark.parametrize(
+    "y_shape,t_shape",
+    [
+        ((3, 4, 5, 2), (1, 4, 1, 1)),
+        ((3, 4), (1, 4)),
+        ((3, 4), (4,)),
+        ((3, 4, 5, 2), (3, 4, 1, 1)),
+        ((2, 3), (2, 3)),
+    ],
+)
 def test_channel_maximum_matches_torch_maximum_including_ties(y_shape, t_shape):
     g = torch.Generator().manual_seed(0)
     t = torch.randn(t_shape, generator=g, dtype=torch.float64)

@@ -1,5 +1,6 @@
-"""`normbench bench` (normbench.bench): every section runs and prints, the JSON holds what the README cites,
-bad options exit 2. No timing assertions: speed is what the bench prints, not what a test can hold."""
+"""`normbench bench` (normbench.bench): every section runs and prints, the JSON holds what the
+README cites, bad options exit 2. No timing assertions: speed is what the bench prints, not what a
+test can hold."""
 
 from __future__ import annotations
 
@@ -17,11 +18,21 @@ from normbench.bench.timing import interleaved
 
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
-    """One `normbench bench --quick` run with two norms, shared by the tests below (it takes ~10-20 s; the
-    `normbench` fixture is per test)."""
+    """One `normbench bench --quick` run with two norms, shared by the tests below (it takes ~10-20
+    s; the `normbench` fixture is per test)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = sys.argv
-    sys.argv = ["normbench", "bench", "--quick", "--device", "cpu", "--norms", "bn,frn", "--out", str(out)]
+    sys.argv = [
+        "normbench",
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--norms",
+        "bn,frn",
+        "--out",
+        str(out),
+    ]
     text = io.StringIO()
     try:
         with redirect_stdout(text):
@@ -42,7 +53,8 @@ def test_quick_bench_prints_every_section_and_the_machine(quick_bench):
     for header in ("== loop overhead", "== train step per norm", "== eval latency"):
         assert header in text
     assert "normbench/minimal" in text and "DataLoader/normbench" in text
-    assert text.count("PASS") + text.count("MISS") >= 3  # two loop ratios at batch 256, one at batch 2, frn
+    # two loop ratios at batch 256, one at batch 2, frn
+    assert text.count("PASS") + text.count("MISS") >= 3
     assert "load average" in text and "wrote " in text
 
 
@@ -59,12 +71,19 @@ def test_quick_bench_json_has_the_measurements(quick_bench):
         assert set(row["seconds"]) == {"normbench", "minimal", "dataloader"}
         assert all(s > 0 for s in row["seconds"].values())
         assert row["judged_on"] == "cpu"
-        assert row["normbench_over_minimal"] == pytest.approx(row["cpu_seconds"]["normbench"] /
-                                                              row["cpu_seconds"]["minimal"])
-        assert row["normbench_over_minimal_wall"] == pytest.approx(row["seconds"]["normbench"] /
-                                                                   row["seconds"]["minimal"])
-        assert row["pass_over_minimal"] == (row["normbench_over_minimal"] <= row["target_over_minimal"])
-    assert loop["rows"][0]["target_over_minimal"] == 1.05 and loop["rows"][1]["target_over_minimal"] == 1.10
+        assert row["normbench_over_minimal"] == pytest.approx(
+            row["cpu_seconds"]["normbench"] / row["cpu_seconds"]["minimal"]
+        )
+        assert row["normbench_over_minimal_wall"] == pytest.approx(
+            row["seconds"]["normbench"] / row["seconds"]["minimal"]
+        )
+        assert row["pass_over_minimal"] == (
+            row["normbench_over_minimal"] <= row["target_over_minimal"]
+        )
+    assert (
+        loop["rows"][0]["target_over_minimal"] == 1.05
+        and loop["rows"][1]["target_over_minimal"] == 1.10
+    )
     assert loop["rows"][0]["target_dataloader_over_normbench"] == 2.5
     assert "target_dataloader_over_normbench" not in loop["rows"][1]
 
@@ -72,19 +91,25 @@ def test_quick_bench_json_has_the_measurements(quick_bench):
     assert [row["norm"] for row in norms["rows"]] == ["bn", "frn"]
     bn, frn = norms["rows"]
     assert bn["over_bn"] == 1.0 and bn["pass"] is None and bn["saved_over_bn"] == 1.0
-    # on CPU the target is judged on process CPU time (immune to other processes' load), wall time shown too
+    # on CPU the target is judged on process CPU time (immune to other processes' load), wall time
+    # shown too
     assert norms["judged_on"] == "cpu" and frn["over_bn"] == frn["over_bn_cpu"]
     assert frn["over_bn_cpu"] == pytest.approx(frn["cpu_ms_per_step"] / bn["cpu_ms_per_step"])
     assert frn["over_bn_wall"] == pytest.approx(frn["ms_per_step"] / bn["ms_per_step"])
     assert frn["pass"] == (frn["over_bn"] <= norms["target_over_bn"] == 1.3)
-    # FRN keeps its input and its pre-TLU output for backward where BN keeps the input: more saved memory
+    # FRN keeps its input and its pre-TLU output for backward where BN keeps the input: more saved
+    # memory
     assert bn["saved_mb"] > 0 and frn["saved_mb"] > bn["saved_mb"]
     assert bn["peak_mb"] is None  # CUDA only
     assert len(bn["all_ms"]) == norms["repeats"] == 2
 
     fold = result["fold"]
-    assert {(row["backbone"], row["batch"]) for row in fold["rows"]} == {("lenet", 1), ("lenet", 8),
-                                                                       ("resnet18", 1), ("resnet18", 8)}
+    assert {(row["backbone"], row["batch"]) for row in fold["rows"]} == {
+        ("lenet", 1),
+        ("lenet", 8),
+        ("resnet18", 1),
+        ("resnet18", 8),
+    }
     for row in fold["rows"]:
         assert row["norms_folded"] == (4 if row["backbone"] == "lenet" else 20)
         assert row["max_abs_diff"] < 1e-4
@@ -93,19 +118,37 @@ def test_quick_bench_json_has_the_measurements(quick_bench):
 
 def test_norms_section_with_fast_path_options(normbench, tmp_path):
     out = tmp_path / "norms.json"
-    result = normbench("bench", "--quick", "--device", "cpu", "--only", "norms", "--norms", "gn", "--amp",
-                       "--channels-last", "--repeats", "1", "--out", str(out))
+    result = normbench(
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--only",
+        "norms",
+        "--norms",
+        "gn",
+        "--amp",
+        "--channels-last",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    )
     assert result.code == 0, result.err
     assert "fast path: amp=true channels_last=true" in result.out
     assert "== loop overhead" not in result.out and "== eval latency" not in result.out
     data = json.loads(out.read_text())
     assert set(data) >= {"machine", "norms"} and "loop" not in data and "fold" not in data
     assert data["norms"]["fast_path"] == ["amp=true", "channels_last=true"]
-    assert [row["norm"] for row in data["norms"]["rows"]] == ["bn", "gn"]  # bn always, as the reference
+    # bn always, as the reference
+    assert [row["norm"] for row in data["norms"]["rows"]] == ["bn", "gn"]
 
 
-def test_a_norm_the_fast_path_cannot_run_is_reported_and_the_others_are_timed(normbench, tmp_path, monkeypatch):
-    # e.g. an inductor assertion under --compile on one norm (seen on an H100 with torch 2.11): one row, not a crash
+def test_a_norm_the_fast_path_cannot_run_is_reported_and_the_others_are_timed(
+    normbench, tmp_path, monkeypatch
+):
+    # e.g. an inductor assertion under --compile on one norm (seen on an H100 with torch 2.11): one
+    # row, not a crash
     from normbench.norms.frn import FilterResponseNorm
 
     def broken(self, x):
@@ -113,26 +156,44 @@ def test_a_norm_the_fast_path_cannot_run_is_reported_and_the_others_are_timed(no
 
     monkeypatch.setattr(FilterResponseNorm, "forward", broken)
     out = tmp_path / "norms.json"
-    result = normbench("bench", "--quick", "--device", "cpu", "--only", "norms", "--norms", "frn,gn",
-                       "--repeats", "1", "--out", str(out))
+    result = normbench(
+        "bench",
+        "--quick",
+        "--device",
+        "cpu",
+        "--only",
+        "norms",
+        "--norms",
+        "frn,gn",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    )
     assert result.code == 0, result.err
     assert "frn" in result.out and "failed" in result.out and "128 v.s. 2048" in result.out
     rows = {row["norm"]: row for row in json.loads(out.read_text())["norms"]["rows"]}
-    assert rows["frn"] == {"norm": "frn", "error": "RuntimeError: InductorError: AssertionError: 128 v.s. 2048",
-                           "pass": False}
+    assert rows["frn"] == {
+        "norm": "frn",
+        "error": "RuntimeError: InductorError: AssertionError: 128 v.s. 2048",
+        "pass": False,
+    }
     assert rows["gn"]["over_bn"] > 0 and rows["bn"]["over_bn"] == 1.0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--only", "loops"], "--only: unknown name 'loops' (did you mean 'loop'?)"),
-    (["--norms", "bn,grn"], "--norms: unknown name 'grn'"),
-    (["--norms", ","], "--norms needs at least one name"),
-    (["--device", "tpu"], "--device must be auto, cpu or cuda"),
-    (["--threads", "0"], "--threads must be >= 1"),
-    (["--norm-batch", "1", "--only", "norms"], "--norm-batch must be >= 2"),
-    (["--image-size", "4"], "--image-size must be >= 9"),
-    (["--compile", "fast"], "--compile must be one of default, reduce-overhead, max-autotune"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--only", "loops"], "--only: unknown name 'loops' (did you mean 'loop'?)"),
+        (["--norms", "bn,grn"], "--norms: unknown name 'grn'"),
+        (["--norms", ","], "--norms needs at least one name"),
+        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--norm-batch", "1", "--only", "norms"], "--norm-batch must be >= 2"),
+        (["--image-size", "4"], "--image-size must be >= 9"),
+        (["--compile", "fast"], "--compile must be one of default, reduce-overhead, max-autotune"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(normbench, args, message):
     result = normbench("bench", "--quick", *args)
     assert result.code == 2
@@ -149,7 +210,9 @@ def test_cuda_without_gpu_is_a_user_error(normbench):
 def test_interleaved_rotates_the_order_and_times_every_call():
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
-    times = interleaved(calls, repeats=3, sync=lambda: None, warmup=1, after_warmup=lambda: order.append("|"))
+    times = interleaved(
+        calls, repeats=3, sync=lambda: None, warmup=1, after_warmup=lambda: order.append("|")
+    )
     assert order == list("abc") + ["|"] + list("abc") + list("abc") + list("bca") + list("cab")
     for clock in (times.wall, times.cpu):
         assert {k: len(v) for k, v in clock.items()} == {"a": 3, "b": 3, "c": 3}

@@ -1,6 +1,7 @@
-"""`normbench plot PATH --curves`: training curves read back from TensorBoard events equal what the runs
-logged (and their record.json history), seeds are averaged with a min..max band, a resumed run has each
-step once, runs without events are skipped with one warning, and none with events is a one-line error."""
+"""`normbench plot PATH --curves`: training curves read back from TensorBoard events equal what the
+runs logged (and their record.json history), seeds are averaged with a min..max band, a resumed run
+has each step once, runs without events are skipped with one warning, and none with events is a
+one-line error."""
 
 from __future__ import annotations
 
@@ -17,14 +18,29 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from normbench import cli, runner
-from normbench.curves import (TEST_ERROR, TRAIN_LOSS, curves_figure, event_files, read_scalars, run_curves,
-                              seed_band)
+from normbench.curves import (
+    TEST_ERROR,
+    TRAIN_LOSS,
+    curves_figure,
+    event_files,
+    read_scalars,
+    run_curves,
+    seed_band,
+)
 from normbench.results import load_runs
 
 # 64 images: 4 steps per epoch at batch 16, 2 at batch 32; a train/loss point after every step.
-SMALL = ["data=synthetic", "data.train_size=64", "data.test_size=32", "epochs=2", "lr=1.6", "log.progress=none",
-         "log.every_steps=1"]
-CELLS = [("bn", 16, 0), ("bn", 16, 1), ("bn", 32, 0), ("gn", 16, 0), ("gn", 32, 0)]  # bn b16 has two seeds
+SMALL = [
+    "data=synthetic",
+    "data.train_size=64",
+    "data.test_size=32",
+    "epochs=2",
+    "lr=1.6",
+    "log.progress=none",
+    "log.every_steps=1",
+]
+# bn b16 has two seeds
+CELLS = [("bn", 16, 0), ("bn", 16, 1), ("bn", 32, 0), ("gn", 16, 0), ("gn", 32, 0)]
 
 
 def _norm_args(norm: str) -> list[str]:
@@ -33,12 +49,24 @@ def _norm_args(norm: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory) -> Path:
-    """Five real tiny runs (2 norms x 2 batches, one cell with 2 seeds), trained once for this module."""
+    """Five real tiny runs (2 norms x 2 batches, one cell with 2 seeds), trained once for this
+    module."""
     root = tmp_path_factory.mktemp("curves") / "outputs"
     with pytest.MonkeyPatch.context() as patch:
         for norm, batch, seed in CELLS:
-            patch.setattr(sys, "argv", ["normbench", "run", *SMALL, *_norm_args(norm), f"batch={batch}",
-                                        f"seed={seed}", f"out={root}"])
+            patch.setattr(
+                sys,
+                "argv",
+                [
+                    "normbench",
+                    "run",
+                    *SMALL,
+                    *_norm_args(norm),
+                    f"batch={batch}",
+                    f"seed={seed}",
+                    f"out={root}",
+                ],
+            )
             try:
                 cli.main()
             except SystemExit as exit_:
@@ -68,11 +96,22 @@ def test_read_scalars_later_attempt_replaces_overlap_and_files_are_ordered_by_ti
     assert len(files) == 2
     # the resumed file's name now sorts first: the order must come from the events' wall times
     files[1].rename(tb / "events.out.tfevents.0000000000.host.1.0")
-    (tb / "events.out.tfevents.0000000001.host.1.9").write_bytes(b"")  # a writer killed before any flush
+    # a writer killed before any flush
+    (tb / "events.out.tfevents.0000000001.host.1.9").write_bytes(b"")
     scalars = read_scalars(tb)
-    # steps 1-4 from the first attempt (before the resumed one's first step), 5-8 from the resumed one, and
-    # the first attempt's step 9 is gone although nothing replaced it (the resumed run stopped at 8)
-    assert scalars["train/x"].to_dict() == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 105.0, 6: 106.0, 7: 107.0, 8: 108.0}
+    # steps 1-4 from the first attempt (before the resumed one's first step), 5-8 from the resumed
+    # one, and the first attempt's step 9 is gone although nothing replaced it (the resumed run
+    # stopped at 8)
+    assert scalars["train/x"].to_dict() == {
+        1: 1.0,
+        2: 2.0,
+        3: 3.0,
+        4: 4.0,
+        5: 105.0,
+        6: 106.0,
+        7: 107.0,
+        8: 108.0,
+    }
     assert scalars["epoch/e"].to_dict() == {1: 10.0, 2: 21.0, 3: 30.0}
     assert list(scalars["train/x"].index) == sorted(scalars["train/x"].index)
 
@@ -86,13 +125,18 @@ def test_curves_equal_what_each_run_logged(grid):
         steps_per_epoch = run.record["setup"]["steps_per_epoch"]
         assert steps_per_epoch == 64 // batch
         assert list(curves.test_error.index) == [h["epoch"] for h in history] == [1, 2]
-        assert list(curves.test_error) == pytest.approx([h["test_error"] for h in history], rel=1e-6)
+        assert list(curves.test_error) == pytest.approx(
+            [h["test_error"] for h in history], rel=1e-6
+        )
         # one train/loss point per step, on an epoch axis: 1/spe, 2/spe, ..., 2.0
-        assert list(curves.train_loss.index) == pytest.approx([s / steps_per_epoch
-                                                                for s in range(1, 2 * steps_per_epoch + 1)])
+        assert list(curves.train_loss.index) == pytest.approx(
+            [s / steps_per_epoch for s in range(1, 2 * steps_per_epoch + 1)]
+        )
         for entry in history:  # the epoch's train loss is the mean of its per-step losses
             epoch = entry["epoch"]
-            in_epoch = curves.train_loss[(curves.train_loss.index > epoch - 1) & (curves.train_loss.index <= epoch)]
+            in_epoch = curves.train_loss[
+                (curves.train_loss.index > epoch - 1) & (curves.train_loss.index <= epoch)
+            ]
             assert len(in_epoch) == steps_per_epoch
             assert in_epoch.mean() == pytest.approx(entry["train_loss"], rel=1e-5)
 
@@ -101,7 +145,9 @@ def test_seed_mean_and_min_max_band_and_figure_lines(grid):
     runs = runs_by_cell(grid)
     pair = [run_curves(runs[("bn", 16, seed)]) for seed in (0, 1)]
     band = seed_band([c.test_error for c in pair])
-    errors = [[h["test_error"] for h in runs[("bn", 16, seed)].record["history"]] for seed in (0, 1)]
+    errors = [
+        [h["test_error"] for h in runs[("bn", 16, seed)].record["history"]] for seed in (0, 1)
+    ]
     assert band.seeds == 2 and band.x == [1, 2]
     assert band.mean == pytest.approx([statistics.mean(v) for v in zip(*errors)], rel=1e-6)
     assert band.low == pytest.approx([min(v) for v in zip(*errors)], rel=1e-6)
@@ -111,7 +157,8 @@ def test_seed_mean_and_min_max_band_and_figure_lines(grid):
     axes = fig.axes
     assert len(axes) == 4  # 2 rows (train loss, test error) x 2 batches
     top, bottom = axes[:2], axes[2:]
-    assert [ax.get_title() for ax in top] == ["batch=32", "batch=16"]  # as the table: large batch first
+    # as the table: large batch first
+    assert [ax.get_title() for ax in top] == ["batch=32", "batch=16"]
     assert [[line.get_label() for line in ax.lines] for ax in axes] == [["bn", "gn"]] * 4
     b16_test_bn = bottom[1].lines[0]
     assert list(b16_test_bn.get_ydata()) == pytest.approx(band.mean)
@@ -119,7 +166,12 @@ def test_seed_mean_and_min_max_band_and_figure_lines(grid):
     assert list(top[1].lines[0].get_ydata()) == pytest.approx(loss_band.mean)
     assert all(lo <= m <= hi for lo, m, hi in zip(loss_band.low, loss_band.mean, loss_band.high))
     # a band only where there are two seeds: the bn line at batch 16 (one in each row)
-    assert [sum(isinstance(c, PolyCollection) for c in ax.collections) for ax in axes] == [0, 1, 0, 1]
+    assert [sum(isinstance(c, PolyCollection) for c in ax.collections) for ax in axes] == [
+        0,
+        1,
+        0,
+        1,
+    ]
     assert "train loss" in top[0].get_ylabel() and "(%)" in bottom[0].get_ylabel()
     assert bottom[0].get_xlabel() == "epoch"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bn", "gn"]
@@ -141,7 +193,12 @@ def test_cli_writes_curves_png(grid, normbench, tmp_path):
     rgb = {tuple(p) for p in (pixels[..., :3] * 255).astype(int).reshape(-1, 3)[::7]}
     assert len(rgb) > 100  # lines, bands, text: not an empty canvas
     other = tmp_path / "figs" / "c.png"
-    assert normbench("plot", str(grid), "--curves", "--rows", "batch", "--cols", "norm", "--out", str(other)).code == 0
+    assert (
+        normbench(
+            "plot", str(grid), "--curves", "--rows", "batch", "--cols", "norm", "--out", str(other)
+        ).code
+        == 0
+    )
     assert other.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = normbench("plot", str(grid), "--curves", "--metric", "train_loss")
     assert bad.code == 2 and bad.err.count("\n") == 1 and "--metric" in bad.err
@@ -165,7 +222,9 @@ def test_runs_without_events_are_skipped_then_an_error(grid, normbench, tmp_path
         shutil.rmtree(run_dir / "tb")
     result = normbench("plot", str(root), "--curves")
     assert result.code == 2 and result.err.count("\n") == 1
-    assert result.err.startswith("error: none of the 5 completed run(s)") and "--force" in result.err
+    assert (
+        result.err.startswith("error: none of the 5 completed run(s)") and "--force" in result.err
+    )
 
 
 def test_sweep_folder_draws_exactly_its_cells(grid, tmp_path):
@@ -173,13 +232,22 @@ def test_sweep_folder_draws_exactly_its_cells(grid, tmp_path):
     chosen = [runs[("bn", 16, 0)], runs[("gn", 32, 0)]]
     folder = tmp_path / "sweep"
     folder.mkdir()
-    (folder / "sweep.yaml").write_text(yaml.safe_dump(
-        {"cells": [{"run_key": r.path.parent.name, "run_dir": str(r.path.parent)} for r in chosen]}))
+    (folder / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "cells": [
+                    {"run_key": r.path.parent.name, "run_dir": str(r.path.parent)} for r in chosen
+                ]
+            }
+        )
+    )
     fig = curves_figure(folder)
     top = fig.axes[:2]
     assert [ax.get_title() for ax in top] == ["batch=32", "batch=16"]
     assert [[line.get_label() for line in ax.lines] for ax in top] == [["gn"], ["bn"]]
-    assert list(top[1].lines[0].get_ydata()) == pytest.approx(list(run_curves(chosen[0]).train_loss))
+    assert list(top[1].lines[0].get_ydata()) == pytest.approx(
+        list(run_curves(chosen[0]).train_loss)
+    )
 
 
 def test_resumed_run_curve_has_each_step_once(normbench, monkeypatch, tmp_path):
@@ -207,10 +275,13 @@ def test_resumed_run_curve_has_each_step_once(normbench, monkeypatch, tmp_path):
         events.Reload()
         if TRAIN_LOSS in events.Tags()["scalars"]:
             logged += [e.step for e in events.Scalars(TRAIN_LOSS)]
-    assert len(logged) > len(set(logged))  # both attempts logged epoch 2's steps: there is an overlap to remove
+    # both attempts logged epoch 2's steps: there is an overlap to remove
+    assert len(logged) > len(set(logged))
 
     mine, ref = read_scalars(tb), read_scalars(next((tmp_path / "ref" / "runs").iterdir()) / "tb")
     assert list(mine[TRAIN_LOSS].index) == list(ref[TRAIN_LOSS].index) == list(range(1, 2 * 4 + 1))
     assert list(mine[TRAIN_LOSS]) == pytest.approx(list(ref[TRAIN_LOSS]), rel=1e-6)
     assert list(mine[TEST_ERROR].index) == [1, 2]
-    assert list(mine[TEST_ERROR]) == pytest.approx([h["test_error"] for h in resumed.record()["history"]], rel=1e-6)
+    assert list(mine[TEST_ERROR]) == pytest.approx(
+        [h["test_error"] for h in resumed.record()["history"]], rel=1e-6
+    )

@@ -1,4 +1,5 @@
-"""Weight centralization (MABN) and Weight Standardization convs, and their conversion in any model."""
+"""Weight centralization (MABN) and Weight Standardization convs, and their conversion in any
+model."""
 
 from __future__ import annotations
 
@@ -43,13 +44,21 @@ def test_standardized_conv_matches_authors_formula():
     ref_w = centred / (centred.view(5, -1).std(dim=1).view(-1, 1, 1, 1) + 1e-5)
     torch.testing.assert_close(conv(x), F.conv2d(x, ref_w, padding=1))
     flat = conv.effective_weight().flatten(1)
-    torch.testing.assert_close(flat.std(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-3, rtol=0)  # std/(std+1e-5)
+    # std/(std+1e-5)
+    torch.testing.assert_close(
+        flat.std(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-3, rtol=0
+    )
 
 
 @pytest.mark.parametrize("mode", sorted(CONV_WEIGHTS))
 def test_convert_convs_keeps_parameters_and_state_dict(mode):
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Conv2d(4, 4, 1)), nn.Flatten(),
-                          nn.Linear(4 * 26 * 26, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Sequential(nn.Conv2d(4, 4, 1)),
+        nn.Flatten(),
+        nn.Linear(4 * 26 * 26, 2),
+    )
     keys, params = list(model.state_dict()), [p.data_ptr() for p in model.parameters()]
     assert convert_convs(model, mode) == 2
     assert [type(m) for m in (model[0], model[2][0])] == [CONV_WEIGHTS[mode]] * 2

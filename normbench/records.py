@@ -1,0 +1,161 @@
+"""A run's `record.json`: its status, what it trained, its results so far; one type for all readers.
+
+Torch-free: tables, sweeps and the CLI read records without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .files import write_json
+
+RECORD_FILE = "record.json"
+
+
+class Status(str, Enum):
+    """Where a run stands. A final run (completed, diverged) is never trained again without --force:
+    divergence is deterministic on a rerun, and resuming after a non-finite test loss would train
+    on from a broken model."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.COMPLETED, Status.DIVERGED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def empty_metrics() -> dict[str, Any]:
+    names = ("test_error", "test_acc", "best_test_error", "median5_test_error")
+    return {
+        **dict.fromkeys(names),
+        **dict.fromkeys(("train_loss", "train_acc", "test_loss")),
+        "epochs_done": 0,
+    }
+
+
+@dataclass
+class RunRecord:
+    """The fields of record.json, in the order they are written.
+
+    Args:
+        status: see Status.
+        run_key: the run dir's name (normbench.runs.run_key).
+        overrides: the command-line overrides of the run.
+        non_default: settings that differ from the chosen configs' defaults (the key's hash).
+        config: the resolved config.
+        setup: facts the config implies (SGD batch, scaled lr, norm layers, data, world size).
+        env: versions and device.
+        history: one entry per finished epoch.
+        metrics, timing: from the history (update_from_history).
+        diverged_at: epoch, step and loss where a run diverged.
+        error: why a failed run failed.
+        extra: keys this version does not know (a newer record), written back unchanged.
+    """
+
+    status: Status
+    run_key: str = ""
+    overrides: list[str] = field(default_factory=list)
+    non_default: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=empty_metrics)
+    timing: dict[str, Any] = field(default_factory=dict)
+    diverged_at: dict[str, Any] | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """A record from parsed JSON; ValueError when it has no valid status."""
+        known = {name for name in cls.__dataclass_fields__ if name != "extra"}
+        fields = {key: value for key, value in data.items() if key in known}
+        fields["status"] = Status(data["status"])  # ValueError for an unknown one
+        return cls(**fields, extra={k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord | None:
+        """The record in `path` (a run dir or its record.json), or None when there is none or it
+        cannot be parsed (e.g. cut short by a full disk)."""
+        path = Path(path)
+        if path.is_dir() or path.name != RECORD_FILE:
+            path = path / RECORD_FILE
+        try:
+            data = json.loads(path.read_text())
+            return cls.from_dict(data) if isinstance(data, dict) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "status": self.status.value,
+            "run_key": self.run_key,
+            "overrides": self.overrides,
+            "non_default": self.non_default,
+            "config": self.config,
+            "setup": self.setup,
+            "env": self.env,
+            "history": self.history,
+            "metrics": self.metrics,
+            "timing": self.timing,
+        }
+        if self.diverged_at is not None:
+            data["diverged_at"] = self.diverged_at
+        if self.error is not None:
+            data["error"] = self.error
+        return {**data, **self.extra}
+
+    def save(self, run_dir: Path) -> None:
+        """Atomically (re)write `run_dir/record.json`."""
+        write_json(Path(run_dir) / RECORD_FILE, self.to_dict())
+
+    def update_from_history(
+        self,
+        history: list[dict[str, Any]],
+        train_seconds: float,
+        images: int,
+        peak_memory_mb: float | None,
+    ) -> None:
+        """Metrics (last epoch, best, the GN paper's median of the last 5) and timing from the
+        epochs done so far."""
+        self.history = history
+        self.metrics = empty_metrics()
+        if history:
+            last = history[-1]
+            errors = [entry["test_error"] for entry in history]
+            self.metrics = {
+                "test_error": last["test_error"],
+                "test_acc": last["test_acc"],
+                "best_test_error": min(errors),
+                "median5_test_error": statistics.median(errors[-5:]),
+                "train_loss": last["train_loss"],
+                "train_acc": last["train_acc"],
+                "test_loss": last["test_loss"],
+                "epochs_done": last["epoch"],
+            }
+        self.timing = {
+            "train_seconds": train_seconds,
+            "images_per_second": images / train_seconds if train_seconds else None,
+            "peak_memory_mb": peak_memory_mb,
+        }
+
+    def mark_diverged(self, epoch: int, step: int, loss: str) -> None:
+        self.status = Status.DIVERGED
+        self.diverged_at = {"epoch": epoch, "step": step, "loss": loss}
+
+    def mark_failed(self, error: BaseException) -> None:
+        self.status = Status.FAILED
+        self.error = f"{type(error).__name__}: {error}"
