@@ -4,13 +4,17 @@ norm=gn batch=2`."""
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
 import typer
 
+from . import log
+from .config import config_dir, did_you_mean
 from .errors import UserError
+from .help_text import SWEEP_HELP, config_help
+from .study.formats import render, write_text
+from .study.tables import build_table
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -22,39 +26,6 @@ app = typer.Typer(
 )
 
 
-def _config_help() -> str:
-    """The keys of configs/config.yaml with their defaults and comments, and the options of each
-    group."""
-    from .config import GROUPS, config_dir
-
-    root = config_dir()
-    # \b: click keeps this paragraph's line breaks
-    lines = ["\b", "Config groups (pick with group=option):"]
-    for group in GROUPS:
-        options = sorted(p.stem for p in (root / group).glob("*.yaml"))
-        lines.append(f"  {group:<9} {', '.join(options)}")
-    lines += ["", "\b", "Keys (key=value; nested ones as norm.groups=16, data.train_size=2000):"]
-    section = ""
-    for raw in (root / "config.yaml").read_text().splitlines():
-        match = re.match(r"^(\s*)(\w+):\s*([^#]*?)\s*(?:#\s*(.*))?$", raw)
-        if not match or match.group(2) == "defaults" or raw.lstrip().startswith("-"):
-            continue
-        indent, key, value, comment = match.groups()
-        if not indent and not value:
-            section = f"{key}."
-            continue
-        name = f"{section if indent else ''}{key}"
-        if not indent:
-            section = ""
-        lines.append(f"  {name + '=' + value:<22} {comment or ''}".rstrip())
-    lines += [
-        "",
-        "Norm options live under norm. (see configs/norm/*.yaml), e.g. norm.groups=8 "
-        "norm.eps=1e-6.",
-    ]
-    return "\n".join(lines)
-
-
 RUN_HELP = f"""Train one config and write <out>/runs/<run_key>/ (config.yaml, record.json, tb/,
 checkpoint.pt).
 
@@ -62,7 +33,7 @@ Examples: normbench run norm=gn batch=2 | normbench run norm=frn data.train_size
 
 A completed run is not redone (use --force); an interrupted one resumes from its checkpoint.
 
-{_config_help()}"""
+{config_help()}"""
 
 
 @app.command(context_settings=EXTRA_ARGS, help=RUN_HELP)
@@ -95,13 +66,14 @@ def run(
         )
         raise typer.Exit(130) from None
     from .distributed import is_main
+    from .records import Status
 
     if not is_main():  # torchrun: rank 0 reports the run
         return
     record = result.record
-    metrics = record.get("metrics", {})
-    if result.skipped and record["status"] == "diverged":
-        where = record.get("diverged_at") or {}
+    metrics = record.metrics
+    if result.skipped and record.status is Status.DIVERGED:
+        where = record.diverged_at or {}
         typer.echo(
             f"already diverged: {result.run_dir} (epoch {where.get('epoch')}, step "
             f"{where.get('step')}); "
@@ -113,34 +85,15 @@ def run(
             f"{metrics.get('test_error'):.2f}%); "
             f"--force trains it again"
         )
-    elif record["status"] == "completed":
+    elif record.status is Status.COMPLETED:
         typer.echo(
             f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  "
             f"test_acc {metrics['test_acc']:.4f}  best_test_error "
             f"{metrics['best_test_error']:.2f}%  "
-            f"{record['timing']['train_seconds']:.1f}s"
+            f"{record.timing['train_seconds']:.1f}s"
         )
     else:
-        typer.echo(f"{record['status']}: {result.run_dir}")
-
-
-SWEEP_HELP = """Run the grid of all sweep overrides (Hydra syntax), one cell after another, then
-write <out>/sweeps/<name>/ (sweep.yaml, table.md, table.tex, table.csv,
-error_vs_batch.png).
-
-Examples: normbench sweep norm=bn,gn batch=2,4,8 seed=0,1,2 | normbench sweep norm=gn
-batch=range(2,9,2)
-
-Sweeps: comma lists (a=1,2), range(start,stop[,step]), choice(...); other overrides apply to every
-cell. A preset may hold the grid: normbench sweep experiment=gn_paper --jobs 2 (normbench list
-experiments). Every cell is checked before any trains. Completed runs are skipped, so rerunning a
-sweep only does what is missing; a failed or diverged cell is reported and the others go on. Same
-keys as `normbench run --help`.
-
-Parallel / cluster (Hydra launchers): --jobs N runs N cells at once on this machine (joblib);
-hydra/launcher=submitit_slurm hydra.launcher.partition=P hydra.launcher.timeout_min=120 submits one
-SLURM job per cell (pip install 'normbench[slurm]'); hydra/launcher=submitit_local tries that
-locally."""
+        typer.echo(f"{record.status.value}: {result.run_dir}")
 
 
 @app.command(context_settings=EXTRA_ARGS, help=SWEEP_HELP)
@@ -171,19 +124,13 @@ def sweep(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
 ) -> None:
-    from .sweep import describe, run_sweep
+    # deferred, like every command that trains: torch takes seconds to import, `table` needs none
+    from .study.sweep import report, run_sweep
 
     overrides = list(ctx.args)
     _reject_options(overrides)
     try:
-        result = run_sweep(
-            overrides,
-            name,
-            str(config_dir) if config_dir else None,
-            echo=typer.echo,
-            echo_err=lambda line: typer.echo(line, err=True),
-            jobs=jobs,
-        )
+        result = run_sweep(overrides, name, str(config_dir) if config_dir else None, jobs=jobs)
     # the current run keeps its last checkpoint; completed cells are skipped next time
     except KeyboardInterrupt:
         typer.echo(
@@ -191,10 +138,7 @@ def sweep(
             err=True,
         )
         raise typer.Exit(130) from None
-    from .distributed import is_main
-
-    for line in describe(result) if is_main() else []:
-        typer.echo(line)
+    report(result)
 
 
 LISTABLE = ("norms", "backbones", "data", "experiments")
@@ -205,15 +149,13 @@ def list_(
     what: str = typer.Argument("norms", help="norms, backbones, data or experiments"),
 ) -> None:
     """What is available, one line each."""
-    from .config import did_you_mean
-
     if what not in LISTABLE:
         raise UserError(
             f"cannot list {what!r}{did_you_mean(what, LISTABLE)}; choose one of: "
             f"{', '.join(LISTABLE)}"
         )
     if what == "norms":
-        from .norms import NORMS
+        from .norms import NORMS  # deferred here and below: the registries import torch
 
         for name, spec in NORMS.items():
             traits = ["batch stats" if spec.batch_dependent else "batch-independent"]
@@ -233,8 +175,6 @@ def list_(
         for name, spec in DATASETS.items():
             typer.echo(f"{name:<14} {spec.description}")
     else:
-        from .config import config_dir
-
         presets = sorted((config_dir() / "experiment").glob("*.yaml"))
         for path in presets:
             first = next(
@@ -256,9 +196,8 @@ def check(
 ) -> None:
     """Numerical self-check of the norm layers: one PASS/FAIL line per check; exit 1 if any
     fails."""
-    from .checks import run_checks
-    from .config import did_you_mean
-    from .norms import NORMS
+    from .norms import NORMS  # deferred: imports torch
+    from .selfcheck import run_checks
 
     if norm is not None and norm not in NORMS:
         raise UserError(
@@ -297,8 +236,6 @@ def table(
 ) -> None:
     """Paper-style table from the run records under PATH: mean ± std over seeds, best per column in
     bold."""
-    from .results import build_table, render, write_text
-
     text = render(build_table(path, metric, rows, cols), fmt, cost)
     if out is None:
         typer.echo(text, nl=False)
@@ -343,9 +280,11 @@ def plot(
 ) -> None:
     """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds (or
     --curves)."""
-    if curves:
-        from .curves import plot_curves
+    # deferred: matplotlib takes about a second to import and only the figures need it
+    from .study.figures import plot as draw
+    from .study.figures import plot_curves
 
+    if curves:
         if metric != "test_error":
             raise UserError(
                 "--metric chooses the error-vs-batch figure's y; --curves always "
@@ -354,8 +293,6 @@ def plot(
             )
         typer.echo(f"wrote {plot_curves(path, out, rows, cols)}")
         return
-    from .plots import plot as draw
-
     typer.echo(f"wrote {draw(path, out, metric, rows, cols)}")
 
 
@@ -404,7 +341,7 @@ def bench(
     """Loop overhead (normbench vs a minimal loop vs the DataLoader loop), train-step time and
     activation memory of every norm on ResNet-18 relative to BN, and eval latency with BN folded;
     ratios with their targets."""
-    from .bench import fast_overrides, run_bench
+    from .bench import fast_overrides, run_bench  # deferred: imports torch
 
     run_bench(
         device,
@@ -433,6 +370,7 @@ def _reject_options(args: list[str]) -> None:
 
 def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    log.configure()
     try:
         app(standalone_mode=True)
     except UserError as error:

@@ -9,6 +9,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+LR_SCALINGS = ("linear", "sqrt", "none")  # lr_scaling, see scaled_lr
+SCHEDULES = ("cosine", "step", "constant")  # optim.schedule, see lr_factor
+
 
 def scaled_lr(cfg: DictConfig, sgd_batch: int) -> float:
     """Base lr scaled with the SGD batch: linear (GN paper: lr * B / ref), sqrt, or none."""

@@ -7,6 +7,8 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+MODES = ("auto", "bar", "plain", "none")  # log.progress; auto: bar on a terminal, else plain
+
 
 class RunProgress:
     def __init__(self, mode: str, epochs: int, steps_per_epoch: int) -> None:

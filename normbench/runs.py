@@ -1,24 +1,50 @@
-"""Run directories: the deterministic run key, atomic record/checkpoint writes, and environment
-facts."""
+"""What a run is before it trains: its plan (the deterministic run key, run dir, SGD batch, lr), and
+the files of its run dir (config, checkpoint; the record is normbench.records)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from . import __version__, distributed
+from . import distributed
 from .config import IDENTITY_KEYS, changes_results, compose, flatten
 from .files import atomic_write_bytes
 
-RECORD = "record.json"
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, decided from its config alone (normbench.runner.plan_run): nothing loaded or
+    written yet.
+
+    Args:
+        cfg: the validated, composed config.
+        overrides: the command-line overrides it was composed from (for the record).
+        non_default: settings that differ from the chosen configs' defaults (the key's hash).
+        key: the run key, the run dir's name.
+        run_dir: `<out>/runs/<key>`.
+        sgd_batch: images per optimizer step: batch * accum * world_size.
+        lr: the base lr scaled to the SGD batch.
+        identity: what a checkpoint must match to be resumed (result_identity).
+    """
+
+    cfg: DictConfig
+    overrides: list[str]
+    non_default: dict[str, Any]
+    key: str
+    run_dir: Path
+    sgd_batch: int
+    lr: float
+    identity: dict[str, Any]
 
 
 def non_default_settings(
@@ -57,19 +83,12 @@ def run_key(cfg: DictConfig, differ: dict[str, Any]) -> str:
     return key
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's record, or None when there is none or it cannot be parsed (e.g. cut short by a full
-    disk)."""
-    try:
-        record = json.loads((run_dir / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "status" in record else None
+def result_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: every setting that can change results."""
+    return {k: v for k, v in flatten(cfg).items() if changes_results(k)}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -84,19 +103,3 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     except Exception:
         return None
     return state if isinstance(state, dict) and isinstance(state.get("identity"), dict) else None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    env = {
-        "normbench": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env

@@ -54,6 +54,8 @@ def train_epoch(
     processes of the loss/accuracy sums at each read, so the logged values cover every process and
     all of them see the same finite flag. `autocast` gives the context of each forward and loss
     (normbench.fastpath: bf16 autocast with amp=true); backward runs outside."""
+    # long: the training step stays one piece that reads top to bottom (nanoGPT style); 20 of its
+    # lines are the signature and docstring
     model.train()
     device = next(model.parameters()).device
     micro_batches = iter(batches)

@@ -5,48 +5,57 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose, did_you_mean
+from .backbones import BACKBONES, INITS, build_model
+from .config import compose
+from .data import DATASETS
+from .distributed import resolve_device
 from .errors import UserError
+from .fastpath import check_keys as check_fastpath_keys
+from .norms import NORMS
+from .optim import LR_SCALINGS, SCHEDULES
+from .progress import MODES as PROGRESS_MODES
+from .values import as_bool, as_choice, as_fractions, as_int, as_number, did_you_mean
 
-LR_SCALINGS = ("linear", "sqrt", "none")
-SCHEDULES = ("cosine", "step", "constant")
-PROGRESS = ("auto", "bar", "plain", "none")
-ACTIVATIONS = ("sigmoid", "relu")
-POOLS = ("avg", "max")
+
+def validate(cfg: DictConfig) -> None:
+    """Raises UserError naming the first bad value and how to fix it."""
+    check_no_targets(cfg)
+    check_known_keys(cfg)
+    _registered("backbone", cfg.backbone.name, BACKBONES, "backbones")
+    _registered("norm", cfg.norm.name, NORMS, "norms")
+    _registered("data", cfg.data.name, DATASETS, "data")
+    check_training(cfg)
+    check_optimizer(cfg)
+    check_backbone_choices(cfg)
+    check_logging(cfg)
+    check_sync_bn(cfg)
+    check_fastpath_keys(cfg)
+    check_batch_statistics(cfg)
+    check_model_builds(cfg)
 
 
-def _int(cfg: DictConfig, key: str, minimum: int, example: str) -> int:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_no_targets(cfg: DictConfig) -> None:
+    """normbench builds only registered names: a `_target_` anywhere in the config is refused."""
+    target = find_target(OmegaConf.to_container(cfg, resolve=False))
+    if target:
         raise UserError(
-            f"{key} must be an integer >= {minimum}, got {value!r}: e.g. {key}={example}"
+            f"{target}: normbench never instantiates `_target_` classes from configs; "
+            f"pick a registered name instead (normbench list)"
         )
-    return value
 
 
-def _number(
-    cfg: DictConfig, key: str, example: str, *, positive: bool = False, below: float | None = None
-) -> float:
-    value = OmegaConf.select(cfg, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > 0 if positive else value >= 0) and (below is None or value < below)
-    if not ok:
-        bound = "> 0" if positive else ">= 0"
-        bound += f" and < {below}" if below is not None else ""
-        raise UserError(f"{key} must be a number {bound}, got {value!r}: e.g. {key}={example}")
-    return float(value)
-
-
-def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
-    value = OmegaConf.select(cfg, key)
-    if value not in choices:
-        raise UserError(
-            f"{key} must be one of {', '.join(choices)}, got "
-            f"{value!r}{did_you_mean(str(value), choices)}"
-        )
-    return value
+def check_known_keys(cfg: DictConfig) -> None:
+    """Every top-level key is one of the default config's (or `experiment`)."""
+    allowed = set(compose().keys())
+    for key in cfg.keys():
+        if key not in allowed and key != "experiment":
+            raise UserError(
+                f"unknown config key {key!r}{did_you_mean(str(key), allowed)}; "
+                f"`normbench run --help` lists the keys"
+            )
 
 
 def _registered(kind: str, name: Any, registry: dict, listing: str) -> None:
@@ -56,6 +65,121 @@ def _registered(kind: str, name: Any, registry: dict, listing: str) -> None:
             "of: "
             f"{', '.join(registry)} (normbench list {listing})"
         )
+
+
+def _example(key: str, value: str) -> str:
+    """The hint after a bad value: ": e.g. batch=32"."""
+    return f": e.g. {key}={value}"
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def _integers(cfg: DictConfig, minimum_and_example: dict[str, tuple[int, str]]) -> None:
+    for key, (minimum, example) in minimum_and_example.items():
+        as_int(_select(cfg, key), key, minimum=minimum, hint=_example(key, example))
+
+
+def check_training(cfg: DictConfig) -> None:
+    """Batch, accumulation, epochs, seed, the lr and its scaling, the device."""
+    _integers(
+        cfg,
+        {
+            "batch": (1, "32"),
+            "accum": (1, "8"),
+            "epochs": (1, "10"),
+            "seed": (0, "0"),
+            "lr_ref_batch": (1, "256"),
+        },
+    )
+    as_number(_select(cfg, "lr"), "lr", above=0, hint=_example("lr", "0.1"))
+    as_choice(_select(cfg, "lr_scaling"), "lr_scaling", LR_SCALINGS)
+    resolve_device(cfg.device)
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """optim.*: the schedule, SGD's settings and the step schedule's milestones."""
+    as_choice(_select(cfg, "optim.schedule"), "optim.schedule", SCHEDULES)
+    numbers = {  # key -> (example, bounds)
+        "optim.momentum": ("0.9", {"minimum": 0, "below": 1.0}),
+        "optim.weight_decay": ("5e-4", {"minimum": 0}),
+        "optim.norm_weight_decay": ("0", {"minimum": 0}),
+        "optim.warmup_epochs": ("1", {"minimum": 0}),
+        "optim.gamma": ("0.1", {"above": 0}),
+    }
+    for key, (example, bounds) in numbers.items():
+        value = _select(cfg, key)
+        if key == "optim.norm_weight_decay" and value is None:
+            continue  # null: the norm parameters decay like the others
+        as_number(value, key, **bounds, hint=_example(key, example))
+    as_fractions(
+        cfg.optim.milestones, "optim.milestones", hint=_example("optim.milestones", "[0.5,0.75]")
+    )
+
+
+def check_backbone_choices(cfg: DictConfig) -> None:
+    """The choices the backbone's spec declares (e.g. LeNet's activation and pool), and the init."""
+    for key, choices in BACKBONES[cfg.backbone.name].choices.items():
+        as_choice(_select(cfg, f"backbone.{key}"), f"backbone.{key}", choices)
+    as_choice(_select(cfg, "backbone.init"), "backbone.init", INITS)
+
+
+def check_logging(cfg: DictConfig) -> None:
+    as_choice(_select(cfg, "log.progress"), "log.progress", PROGRESS_MODES)
+    _integers(cfg, {"log.every_steps": (1, "50"), "log.eval_batch": (1, "1000")})
+
+
+def check_sync_bn(cfg: Any) -> None:
+    """sync_bn must be true/false; true applies to the syncable norms (bn is converted to SyncBN,
+    syncbn is already synced).
+
+    Batch-independent norms have no batch statistics, so it changes nothing for them (the record
+    says so). The other batch-dependent norms (brn, gbn, mabn, evonorm_b0) compute statistics in
+    their own layers, which have no cross-process form: asking to synchronise them is an error
+    rather than a silent no-op."""
+    sync = as_bool(cfg.get("sync_bn", False), "sync_bn", hint=_example("sync_bn", "true"))
+    name = cfg.norm.name
+    spec = NORMS.get(name)
+    if sync and spec is not None and spec.batch_dependent and not spec.syncable:
+        raise UserError(
+            f"sync_bn=true cannot synchronise norm={name}: its batch statistics are "
+            "computed by its "
+            "own layer, which has no cross-process form; use norm=bn (or "
+            "syncbn) or sync_bn=false"
+        )
+
+
+def check_batch_statistics(cfg: DictConfig) -> None:
+    """batch=1 leaves a batch-dependent norm no batch statistics."""
+    if cfg.batch == 1 and NORMS[cfg.norm.name].batch_dependent:
+        batch_free = ", ".join(
+            name for name, spec in NORMS.items() if not spec.batch_dependent and name != "none"
+        )
+        raise UserError(
+            f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 "
+            "does not have: "
+            f"use batch>=2 or a batch-independent norm ({batch_free})"
+        )
+
+
+def check_model_builds(cfg: DictConfig) -> None:
+    """Builds the model once, shapes only, so a bad norm or backbone option (e.g. GN groups that do
+    not divide a layer's width with norm.strict=true) fails here, as one line, before any file is
+    written.
+
+    The build runs on the meta device (no memory, no random init), so the run's real build is the
+    only one that costs time; a layer that cannot be made on meta is built on the CPU instead."""
+    try:
+        try:
+            with torch.device("meta"):
+                build_model(cfg)
+        except (NotImplementedError, RuntimeError):
+            build_model(cfg)
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"cannot build backbone={cfg.backbone.name} with norm={cfg.norm.name}: {error}"
+        ) from None
 
 
 def find_target(node: Any, path: str = "") -> str | None:
@@ -74,103 +198,3 @@ def find_target(node: Any, path: str = "") -> str | None:
             if found:
                 return found
     return None
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raises UserError naming the first bad value and how to fix it."""
-    from .backbones import BACKBONES
-    from .data import DATASETS
-    from .distributed import check_sync_bn
-    from .fastpath import check_keys as check_fastpath_keys
-    from .norms import NORMS
-
-    container = OmegaConf.to_container(cfg, resolve=False)
-    target = find_target(container)
-    if target:
-        raise UserError(
-            f"{target}: normbench never instantiates `_target_` classes from configs; "
-            f"pick a registered name instead (normbench list)"
-        )
-    allowed = set(compose().keys())
-    for key in cfg.keys():
-        if key not in allowed and key != "experiment":
-            raise UserError(
-                f"unknown config key {key!r}{did_you_mean(str(key), allowed)}; "
-                f"`normbench run --help` lists the keys"
-            )
-
-    _registered("backbone", cfg.backbone.name, BACKBONES, "backbones")
-    _registered("norm", cfg.norm.name, NORMS, "norms")
-    _registered("data", cfg.data.name, DATASETS, "data")
-
-    batch = _int(cfg, "batch", 1, "32")
-    _int(cfg, "accum", 1, "8")
-    _int(cfg, "epochs", 1, "10")
-    _int(cfg, "seed", 0, "0")
-    _int(cfg, "lr_ref_batch", 1, "256")
-    _number(cfg, "lr", "0.1", positive=True)
-    _choice(cfg, "lr_scaling", LR_SCALINGS)
-    _check_device(cfg.device)
-
-    _choice(cfg, "optim.schedule", SCHEDULES)
-    _number(cfg, "optim.momentum", "0.9", below=1.0)
-    _number(cfg, "optim.weight_decay", "5e-4")
-    if cfg.optim.norm_weight_decay is not None:
-        _number(cfg, "optim.norm_weight_decay", "0")
-    _number(cfg, "optim.warmup_epochs", "1")
-    _number(cfg, "optim.gamma", "0.1", positive=True)
-    milestones = cfg.optim.milestones
-    if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in milestones):
-        raise UserError(
-            "optim.milestones must be fractions of training in (0, 1), got "
-            f"{list(milestones)}: "
-            f"e.g. optim.milestones=[0.5,0.75]"
-        )
-
-    if cfg.backbone.name == "lenet":
-        _choice(cfg, "backbone.activation", ACTIVATIONS)
-        _choice(cfg, "backbone.pool", POOLS)
-    _choice(cfg, "backbone.init", ("default", "xavier"))
-    _choice(cfg, "log.progress", PROGRESS)
-    _int(cfg, "log.every_steps", 1, "50")
-    _int(cfg, "log.eval_batch", 1, "1000")
-
-    check_sync_bn(cfg)
-    check_fastpath_keys(cfg)
-    if batch == 1 and NORMS[cfg.norm.name].batch_dependent:
-        batch_free = ", ".join(
-            name for name, spec in NORMS.items() if not spec.batch_dependent and name != "none"
-        )
-        raise UserError(
-            f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 "
-            "does not have: "
-            f"use batch>=2 or a batch-independent norm ({batch_free})"
-        )
-    _check_model_builds(cfg)
-
-
-def _check_model_builds(cfg: DictConfig) -> None:
-    """Builds the model once on the CPU so a bad norm or backbone option (e.g. GN groups that do not
-    divide a layer's width with norm.strict=true) fails here, as one line, before any file is
-    written."""
-    from .backbones import build_model
-
-    try:
-        build_model(cfg)
-    except (TypeError, ValueError) as error:
-        raise UserError(
-            f"cannot build backbone={cfg.backbone.name} with norm={cfg.norm.name}: {error}"
-        ) from None
-
-
-def _check_device(device: Any) -> None:
-    import torch
-
-    if device in ("auto", "cpu"):
-        return
-    if not isinstance(device, str) or not (device == "cuda" or device.startswith("cuda:")):
-        raise UserError(f"device must be auto, cpu or cuda (or cuda:N), got {device!r}")
-    if not torch.cuda.is_available():
-        raise UserError(
-            "device=cuda but no CUDA GPU is visible to torch: use device=cpu or device=auto"
-        )

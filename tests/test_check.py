@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from normbench.checks import all_checks
 from normbench.norms import NORMS, frn
+from normbench.selfcheck import all_checks
 
 
 def test_every_norm_has_a_reference_check_and_all_pass(normbench):

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from normbench import distributed
 from normbench.data import Shard, load_data, tensor_batches
 from normbench.data.augment import Augment
 from normbench.errors import UserError
-from normbench.files import atomic_write_bytes
 from normbench.runs import run_key
 from normbench.validate import validate
 
@@ -211,7 +211,7 @@ def test_image_folder_shards_match_one_process(tmp_path):
         data.close()
 
 
-def test_rank_and_world_size_come_from_torchrun_environment(cfg_of, tmp_path, monkeypatch):
+def test_rank_and_world_size_come_from_torchrun_environment(cfg_of, monkeypatch):
     cfg = cfg_of(["data=synthetic", "batch=16"])
     assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
     assert not run_key(cfg, {}).endswith("-w2")
@@ -220,14 +220,39 @@ def test_rank_and_world_size_come_from_torchrun_environment(cfg_of, tmp_path, mo
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (2, 1, False)
     assert run_key(cfg, {}) == "synthetic-lenet-bn-b16x1-s0-w2"
-    atomic_write_bytes(tmp_path / "record.json", b"{}")  # rank 1 writes nothing
-    assert not (tmp_path / "record.json").exists()
-    monkeypatch.setenv("RANK", "0")
-    atomic_write_bytes(tmp_path / "record.json", b"{}")
-    assert (tmp_path / "record.json").read_bytes() == b"{}"
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(UserError, match="WORLD_SIZE"):
         distributed.world_size()
+
+
+def test_off_rank_0_the_session_prints_logs_and_writes_nothing(
+    cfg_of, tmp_path, capsys, monkeypatch
+):
+    """Replaces the old contract that atomic_write_bytes wrote nothing on rank != 0 (file writes no
+    longer ask the rank, issue 12): the Session's writer and progress are no-ops off rank 0,
+    on_main computes only on rank 0, and a rank-1 process's run writes no file at all."""
+    from normbench import runner
+
+    rank1 = distributed.Session(torch.device("cpu"), rank=1, world_size=1)
+    assert not rank1.is_main and rank1.on_main(lambda: 7) == 7  # one process: computes
+    writer = rank1.writer(tmp_path / "tb")
+    writer.add_scalar("train/loss", 1.0, 1), writer.close()
+    progress = rank1.progress("plain", 1, 8)
+    progress.line("a line"), progress.notice("a notice"), progress.close()
+    assert capsys.readouterr() == ("", "") and not (tmp_path / "tb").exists()
+
+    @contextmanager
+    def rank1_session(device):
+        yield distributed.Session(device, rank=1, world_size=1)
+
+    monkeypatch.setattr(distributed, "session", rank1_session)
+    out = tmp_path / "out"
+    overrides = [*(o for o in SMALL if not o.startswith("epochs=")), "epochs=1", f"out={out}"]
+    cfg, choices = cfg_of(overrides, with_choices=True)
+    # trains, evaluates, checkpoints and records, claims nothing: rank 1 writes none of it
+    result = runner.run(cfg, choices, overrides)
+    assert result.record.status == "completed" and len(result.record.history) == 1
+    assert not out.exists() and capsys.readouterr() == ("", "")
 
 
 def test_sync_bn_refuses_norms_it_cannot_synchronise(cfg_of, normbench):
@@ -260,22 +285,27 @@ def test_sync_bn_in_one_process_is_exactly_bn(normbench, tmp_path):
 
 def test_sync_bn_converts_only_bn_and_says_when_it_changes_nothing(cfg_of):
     from normbench.backbones import build_model
+    from normbench.facts import data_parallel_facts
     from normbench.norms import SyncBatchNorm
+    from normbench.norms.sync_batch_norm import convert_sync_bn
 
     cfg = cfg_of(["data=synthetic", "sync_bn=true"])
     model, norm_layer = build_model(cfg)
-    before = [type(m) for m in norm_layer.built]
-    assert distributed.convert_sync_bn(cfg, model, norm_layer.built) == 4 == len(before)
-    assert all(isinstance(m, SyncBatchNorm) for m in norm_layer.built)
+    before = list(norm_layer.built)
+    converted = convert_sync_bn(model, norm_layer.built)
+    assert norm_layer.built == before, "the norm's own list is left as it is"
+    assert sum(new is not old for new, old in zip(converted, before)) == 4 == len(before)
+    assert all(isinstance(m, SyncBatchNorm) for m in converted)
     # LeNet: two conv layers, two fully connected
-    assert [m.dim for m in norm_layer.built] == [2, 2, 1, 1]
-    assert [id(m) for m in norm_layer.built] == [
+    assert [m.dim for m in converted] == [2, 2, 1, 1]
+    assert [id(m) for m in converted] == [
         id(m) for m in model.modules() if isinstance(m, SyncBatchNorm)
     ]
     gn = cfg_of(["data=synthetic", "norm=gn", "sync_bn=true"])
     model, norm_layer = build_model(gn)
-    assert distributed.convert_sync_bn(gn, model, norm_layer.built) == 0
-    assert "uses no batch statistics" in distributed.describe(model, gn)["sync_bn_note"]
+    converted = convert_sync_bn(model, norm_layer.built)
+    assert sum(new is not old for new, old in zip(converted, norm_layer.built)) == 0
+    assert "uses no batch statistics" in data_parallel_facts(model, gn, 1)["sync_bn_note"]
 
 
 def test_train_epoch_stops_when_any_process_went_non_finite():

@@ -181,7 +181,7 @@ def reference(tmp_path_factory, one_thread):
     """The uninterrupted run's record (in this process, one thread)."""
     out = tmp_path_factory.mktemp("reference")
     cfg, choices = compose([*RUN, f"out={out}"], with_choices=True)
-    record = runner.run(cfg, choices, RUN).record
+    record = runner.run(cfg, choices, RUN).record.to_dict()
     assert record["status"] == "completed"
     return record
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from normbench import runner
+from normbench import epochs
 from normbench.norms import NORMS
 
 SPEC_METRICS = {"test_error", "test_acc", "best_test_error", "train_loss", "train_acc"}
@@ -78,7 +78,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(normbench, monkeypa
     reference = normbench("run", *args, out=tmp_path / "ref").record()
 
     calls = {"n": 0}
-    real_evaluate = runner.evaluate
+    real_evaluate = epochs.evaluate
 
     def evaluate_then_interrupt(*a, **k):
         calls["n"] += 1
@@ -86,13 +86,13 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(normbench, monkeypa
             raise KeyboardInterrupt
         return real_evaluate(*a, **k)
 
-    monkeypatch.setattr(runner, "evaluate", evaluate_then_interrupt)
+    monkeypatch.setattr(epochs, "evaluate", evaluate_then_interrupt)
     stopped = normbench("run", *args, out=tmp_path / "cut")
     assert stopped.code == 130 and "resume" in stopped.err
     assert stopped.record()["status"] == "interrupted"
     assert [h["epoch"] for h in stopped.record()["history"]] == [1]
 
-    monkeypatch.setattr(runner, "evaluate", real_evaluate)
+    monkeypatch.setattr(epochs, "evaluate", real_evaluate)
     resumed = normbench("run", *args, out=tmp_path / "cut")
     assert "resuming" in resumed.err + resumed.out
     record = resumed.record()

@@ -3,13 +3,15 @@ image_size)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..norms import convert_convs
+from .lenet import CHOICES as LENET_CHOICES
 from .lenet import LeNet
 from .norm_choice import NormChoice
 from .resnet import ResNet, build_resnet
@@ -22,6 +24,8 @@ class BackboneSpec:
     build: Callable[..., nn.Module]
     description: str
     inputs: str  # what input it expects, for `normbench list backbones`
+    # backbone.<key> -> its allowed values; validate.py checks them before anything is built
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _lenet(
@@ -89,6 +93,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         _lenet,
         "LeNet-5 (d2l): 2 conv + 3 fc, norm after every hidden layer",
         "any channels, square images >= 12 px (28 px as in d2l)",
+        choices=LENET_CHOICES,
     ),
     "resnet20": BackboneSpec(
         _resnet20,
@@ -160,8 +165,6 @@ def count_parameters(model: nn.Module) -> int:
 def build_model(cfg: Any) -> tuple[nn.Module, NormChoice]:
     """The model a run config asks for (backbone, norm, data shape), and the NormChoice that built
     its norms."""
-    from omegaconf import OmegaConf
-
     norm_options = OmegaConf.to_container(cfg.norm, resolve=True)
     norm_layer = NormChoice(norm_options.pop("name"), norm_options)
     backbone_options = OmegaConf.to_container(cfg.backbone, resolve=True)

@@ -7,9 +7,11 @@ from collections import OrderedDict
 
 from torch import nn
 
-from .norm_choice import NormChoice
+from .norm_choice import ACTIVATIONS, NormChoice
 
 POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+# backbone.<key> -> its allowed values, checked by validate.py before anything is built
+CHOICES = {"activation": tuple(ACTIVATIONS), "pool": tuple(POOLS)}
 
 
 class LeNet(nn.Sequential):

@@ -12,8 +12,8 @@ from torch import nn
 from ..norms import NORMS, NormConfigError, NormSpec, build_norm
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
     "sigmoid": nn.Sigmoid,
+    "relu": lambda: nn.ReLU(inplace=True),
 }
 
 
@@ -25,12 +25,9 @@ class NormChoice:
     for (N, C) features. Norms without a meaningful 1-D form (IN) give `nn.Identity` on features,
     and `skipped` says which layers went without a norm, so the run record shows it.
 
-    Backbones place norms with one of two methods, by what the original network has after the norm:
-    `norm_act(c, activation)` where it has norm + activation, `norm_only(c)` where it has a norm and
-    no activation (last norm of a residual branch, projection shortcut, ShuffleNet's depthwise
-    convs). They differ only for a norm carrying its own activation (FRN+TLU, EvoNorm): norm_act
-    gives it with its activation in place of the backbone's, norm_only gives its activation-free
-    form (build_norm's act=False).
+    Backbones place norms with `norm_act(c, activation)` where the original network has norm +
+    activation and `norm_only(c)` where it has a norm and no activation; they differ only for a norm
+    carrying its own activation (FRN+TLU, EvoNorm). See docs/norms.md#norm-placement.
     """
 
     name: str

@@ -1,32 +1,11 @@
-"""ResNet-18 and ResNet-50 (He et al., CVPR 2016) in torchvision's layout, with any norm of
-normbench.
+"""ResNet-18 and ResNet-50 (He et al., CVPR 2016) in torchvision's layout, with any norm.
 
-torchvision's `BasicBlock`/`Bottleneck` take a `norm_layer` but apply a hard-coded ReLU after it, so
-a norm that carries its own activation (FRN+TLU, EvoNorm) would get a second one. These modules
-mirror torchvision's structure exactly -- same module names, so with BN the `state_dict` keys,
-shapes and parameter count equal torchvision's `resnet18`/`resnet50` and its weights load -- but
-every norm+ReLU pair is `norm_layer.norm_act(...)`: with FRN/EvoNorm the norm alone (its own
-activation replaces the ReLU). The activation after the residual addition is always kept (the FRN
-and EvoNorm papers replace norm+activation pairs; the post-addition ReLU is not such a pair). Norms
-that torchvision does not follow by a ReLU (the last norm of each block, the projection shortcut's)
-are `norm_layer.norm_only(...)`: with FRN/EvoNorm their activation-free form (FRN without TLU,
-EvoNorm without its nonlinearity; evonorm.py says how that form relates to the EvoNorm authors'
-code), so the residual branch and the shortcut stay linear up to the addition, as in the reference
-network.
-
-Layer names (state_dict keys as torchvision): conv1, bn1, act1, maxpool, layer1..layer4, avgpool,
-fc; in a block conv1/bn1/act1, conv2/bn2(/act2, conv3/bn3), downsample.0 (1x1 conv)/downsample.1
-(norm), act_out. The `bn*` names are kept whatever the norm is (they are the state_dict keys
-torchvision checkpoints use).
-
-Stems: "imagenet" is torchvision's 7x7 stride-2 conv + 3x3 stride-2 max-pool (total stride 32);
-"small" is a 3x3 stride-1 conv and no max-pool (total stride 8), the usual CIFAR adaptation. "auto"
-picks "small" for images <= 64 px. With BN the small-stem model equals torchvision's with `conv1`
-replaced by `nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)` and `maxpool` by `nn.Identity()`.
-
-Convs are He-initialized (`he_conv`) as in the paper and torchvision. The helpers at the bottom
-(`norm_and_act`, `zero_init_last_norms`, `resolve_stem`, `check_final_size`, `he_conv`) are shared
-by the CIFAR ResNets and ShuffleNetV2.
+torchvision's blocks hard-code a ReLU after each norm; these mirror their structure and module names
+(with BN the state_dict, shapes and parameter count equal torchvision's and its weights load), but
+place norms with `norm_layer.norm_act(...)` / `norm_layer.norm_only(...)` so a norm carrying its own
+activation (FRN+TLU, EvoNorm) gets no second one. The helpers at the bottom (`norm_and_act`,
+`zero_init_last_norms`, `resolve_stem`, `check_final_size`, `he_conv`) are shared by the CIFAR
+ResNets and ShuffleNetV2. Placement rules, layer names and stems: docs/norms.md#resnet.
 """
 
 from __future__ import annotations
@@ -37,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..values import as_bool
 from .norm_choice import NormChoice, make_activation
 
 # stem="auto": the small stem for images up to this size (CIFAR, Fashion-MNIST, Tiny ImageNet)
@@ -188,7 +168,7 @@ def build_resnet(
         small_stem=small,
         activation=options.get("activation", "relu"),
     )
-    if parse_bool(name, "zero_init_residual", options.get("zero_init_residual", False)):
+    if zero_init_residual(name, options):
         zero_init_last_norms(
             name,
             (m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))),
@@ -278,17 +258,29 @@ def he_conv(
     default init (as costly as this one: 23M numbers for ResNet-50) is not drawn first only to be
     overwritten."""
     conv = nn.utils.skip_init(
-        nn.Conv2d, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
+        nn.Conv2d,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        bias=bias,
+        device=torch.get_default_device(),  # skip_init ignores `with torch.device(...)` otherwise
     )
+    if conv.weight.is_meta:  # validation's shape-only build: drawing on meta is slow and moot
+        return conv
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
 
 
-def parse_bool(backbone: str, key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValueError(f"backbone.{key} must be true or false, got {value!r} ({backbone})")
+def zero_init_residual(backbone: str, options: dict[str, Any]) -> bool:
+    """backbone.zero_init_residual (default false), a bool or the string "true"/"false"."""
+    return as_bool(
+        options.get("zero_init_residual", False),
+        "backbone.zero_init_residual",
+        words=True,
+        hint=f" ({backbone})",
+        error=ValueError,
+    )

@@ -1,19 +1,9 @@
 """The CIFAR ResNets of He et al. (CVPR 2016, section 4.2): resnet20, resnet32, resnet44, resnet56,
 resnet110...
 
-A 3x3 conv with 16 filters, then three stages of n basic blocks on 16, 32 and 64 channels (the first
-block of stages 2 and 3 halves the map with stride 2), global average pooling and a fully connected
-layer: 6n + 2 layers with weights. Where a block changes shape the shortcut is the paper's option A
-by default -- the input subsampled by 2 and zero-padded with the new channels, no parameters (0.27M
-parameters for resnet20, 0.85M for resnet56, as in the paper's Table 6) -- or option B, a 1x1
-projection conv + norm.
-
-Norm placement and names follow resnet.py: conv1, bn1, act1, layer1..layer3, avgpool, fc; blocks
-conv1/bn1/act1/conv2/bn2/shortcut/act_out, where `act1` is nn.Identity for a norm carrying its own
-activation (FRN+TLU, EvoNorm) and `act_out` (after the addition) is always the activation. `bn2` and
-option B's shortcut norm have no activation after them in the paper: they are
-`norm_layer.norm_only(...)`, i.e. FRN without TLU and EvoNorm without its nonlinearity for those
-norms.
+6n + 2 layers on 16/32/64 channels; the shortcut where a block changes shape is the paper's option A
+(subsample and zero-pad, no parameters) by default, or option B (1x1 projection conv + norm). Norm
+placement and names follow resnet.py; see docs/norms.md#cifar-resnets.
 """
 
 from __future__ import annotations
@@ -25,7 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm_choice import NormChoice, make_activation
-from .resnet import check_final_size, he_conv, norm_and_act, parse_bool, zero_init_last_norms
+from .resnet import (
+    check_final_size,
+    he_conv,
+    norm_and_act,
+    zero_init_last_norms,
+    zero_init_residual,
+)
 
 SHORTCUTS = ("A", "B")
 
@@ -160,7 +156,7 @@ def build_cifar_resnet(
         activation=options.get("activation", "relu"),
         shortcut=str(options.get("shortcut", "A")).upper(),
     )
-    if parse_bool(name, "zero_init_residual", options.get("zero_init_residual", False)):
+    if zero_init_residual(name, options):
         zero_init_last_norms(
             name, (m for m in model.modules() if isinstance(m, CifarBasicBlock)), norm_layer
         )

@@ -1,28 +1,10 @@
 """ShuffleNet V2 (Ma et al., ECCV 2018) with any norm of normbench.
 
-torchvision's `ShuffleNetV2` hard-codes nn.BatchNorm2d, so this is our own module with torchvision's
-layout: conv1 (3x3 stride 2, 24 channels, norm, act) -> maxpool (3x3 stride 2) -> stage2/3/4 (4/8/4
-units, the first of each with stride 2) -> conv5 (1x1, norm, act) -> global average pool -> fc.
-Stage widths per `width` (the paper's Table 5): 0.5 -> 48/96/192/1024, 1.0 -> 116/232/464/1024, 1.5
--> 176/352/704/1024, 2.0 -> 244/488/976/2048. Module names and Sequential indices equal
-torchvision's (conv1.0, conv1.1, stage2.0.branch1.0, ..., stage2.0.branch2.7, conv5.1, fc), so with
-BN the state_dict keys, shapes and parameter count equal torchvision's `shufflenet_v2_x0_5` / `x1_0`
-/ `x1_5` / `x2_0` and its weights load.
-
-Each norm+ReLU pair is `norm_layer.norm_act(...)`; for a norm carrying its own activation (FRN+TLU,
-EvoNorm) the ReLU slot holds nn.Identity, so the indices stay torchvision's. Norms that torchvision
-does not follow by a ReLU (after each depthwise conv: the paper's units keep those linear) are
-`norm_layer.norm_only(...)`: for FRN/EvoNorm their activation-free form (FRN without TLU, EvoNorm
-without its nonlinearity).
-
-Small images (<= 64 px with stem="auto", or stem="small"): conv1 has stride 1 and there is no
-max-pool (total stride 8 instead of 32: a 32 px CIFAR image leaves a 4x4 map for stage 4). The conv1
-weights have the same shape either way, so the parameter count is the same for both stems.
-
-`zero_init_residual` is not offered: ShuffleNet V2 units have no residual addition -- a stride-1
-unit concatenates an untouched half of the channels with a branch that ends in norm + ReLU, and a
-zero scale there makes the ReLU input exactly 0, where its gradient is 0, so the branch would never
-train.
+Our own module with torchvision's layout and module names (with BN the state_dict, shapes and
+parameter count equal torchvision's `shufflenet_v2_x*` and its weights load), since torchvision's
+hard-codes nn.BatchNorm2d; norms are placed with `norm_act` / `norm_only`. Small images get a
+stride-1 conv1 and no max-pool. No `zero_init_residual`: the units have no residual addition.
+Widths, stems and why: docs/norms.md#shufflenet-v2.
 """
 
 from __future__ import annotations
@@ -33,7 +15,7 @@ import torch
 from torch import nn
 
 from .norm_choice import NormChoice
-from .resnet import check_final_size, norm_and_act, parse_bool, resolve_stem
+from .resnet import check_final_size, norm_and_act, resolve_stem, zero_init_residual
 
 STAGE_CHANNELS = {
     0.5: (48, 96, 192, 1024),
@@ -183,7 +165,7 @@ def build_shufflenet_v2(
     """Backbone builder for shufflenet_v2 (options: width, stem, activation,
     zero_init_residual=false)."""
     width = check_width(options.get("width", 1.0))
-    if parse_bool("shufflenet_v2", "zero_init_residual", options.get("zero_init_residual", False)):
+    if zero_init_residual("shufflenet_v2", options):
         raise ValueError(
             "backbone.zero_init_residual=true is for ResNets: shufflenet_v2 has no "
             "residual addition "

@@ -9,15 +9,21 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import did_you_mean
+from ..distributed import resolve_device
 from ..errors import UserError
-from .report import print_fold, print_loop, print_machine, print_norms
+from ..files import write_json
+from ..norms import NORMS
+from .fold import bench_fold
+from .loop import bench_loop
+from .norms import bench_norms
+from .report import print_fold, print_load, print_loop, print_machine, print_norms
 
 SECTIONS = ("loop", "norms", "fold")
 
@@ -49,20 +55,6 @@ QUICK = Sizes(
     fold_batches=[1, 8],
     fold_repeats=3,
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"--device {name} but no CUDA GPU is visible to torch: use --device cpu or auto"
-            )
-        return torch.device(name)
-    raise UserError(f"--device must be auto, cpu or cuda (or cuda:N), got {name!r}")
 
 
 def parse_list(
@@ -143,14 +135,49 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the chosen sections, print them as they finish, return (and write to `out`) every
     measurement."""
-    from ..files import write_json
-    from ..norms import NORMS
-    from .fold import bench_fold
-    from .loop import bench_loop
-    from .norms import bench_norms
-
     sections = parse_list(only, SECTIONS, "--only") or list(SECTIONS)
     norm_names = parse_list(norms, list(NORMS), "--norms") or list(NORMS)
+    check_sizes(sections, threads, repeats, norm_batch, image_size)
+    device = resolve_device(device_name, "--device")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sizes = chosen_sizes(quick, repeats, norm_batch, image_size)
+    results: dict[str, Any] = {"machine": machine(device), "quick": quick}
+    print_machine(results["machine"], echo)
+    started = time.perf_counter()
+    run_sections(results, sections, device, sizes, norm_names, fast or [], echo)
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["seconds"] = time.perf_counter() - started
+    print_load(results, echo)
+    if out is not None:
+        write_json(Path(out), results)
+        echo(f"wrote {out}")
+    return results
+
+
+def chosen_sizes(
+    quick: bool, repeats: int | None, norm_batch: int | None, image_size: int | None
+) -> Sizes:
+    """QUICK or the full sizes, with the command line's repeats, norm batch and image size."""
+    sizes = QUICK if quick else Sizes()
+    sizes = replace(
+        sizes,
+        norm_batch=norm_batch or sizes.norm_batch,
+        image_size=image_size or sizes.image_size,
+    )
+    if repeats:
+        sizes = replace(sizes, loop_repeats=repeats, norm_repeats=repeats, fold_repeats=repeats)
+    return sizes
+
+
+def check_sizes(
+    sections: list[str],
+    threads: int | None,
+    repeats: int | None,
+    norm_batch: int | None,
+    image_size: int | None,
+) -> None:
+    """One UserError line for a size option the bench cannot run with."""
     for option, value in (
         ("--threads", threads),
         ("--repeats", repeats),
@@ -165,47 +192,30 @@ def run_bench(
         )
     if image_size is not None and image_size < 9:
         raise UserError(f"--image-size must be >= 9 (ResNet-18's small stem), got {image_size}")
-    device = resolve_device(device_name)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    sizes = QUICK if quick else Sizes()
-    n_loop, n_norm, n_fold = (
-        (repeats,) * 3 if repeats else (sizes.loop_repeats, sizes.norm_repeats, sizes.fold_repeats)
-    )
-    results: dict[str, Any] = {"machine": machine(device), "quick": quick}
-    print_machine(results["machine"], echo)
-    started = time.perf_counter()
+
+
+def run_sections(
+    results: dict[str, Any],
+    sections: list[str],
+    device: torch.device,
+    sizes: Sizes,
+    norm_names: list[str],
+    fast: list[str],
+    echo: Callable[[str], None],
+) -> None:
+    """Measure each chosen section into `results` and print it as soon as it is done."""
     if "loop" in sections:
-        results["loop"] = bench_loop(device, sizes.loop_batches, sizes.loop_images, n_loop)
+        results["loop"] = bench_loop(
+            device, sizes.loop_batches, sizes.loop_images, sizes.loop_repeats
+        )
         print_loop(results["loop"], echo)
     if "norms" in sections:
         results["norms"] = bench_norms(
-            device,
-            norm_names,
-            norm_batch or sizes.norm_batch,
-            image_size or sizes.image_size,
-            n_norm,
-            fast or [],
+            device, norm_names, sizes.norm_batch, sizes.image_size, sizes.norm_repeats, fast
         )
         print_norms(results["norms"], echo)
     if "fold" in sections:
-        results["fold"] = bench_fold(device, sizes.fold_backbones, sizes.fold_batches, n_fold)
+        results["fold"] = bench_fold(
+            device, sizes.fold_backbones, sizes.fold_batches, sizes.fold_repeats
+        )
         print_fold(results["fold"], echo)
-    results["machine"]["load_average_end"] = list(os.getloadavg())
-    results["seconds"] = time.perf_counter() - started
-    echo(
-        "\nload average (1, 5, 15 min) at start "
-        f"{_loads(results['machine']['load_average_start'])}, at end "
-        f"{_loads(results['machine']['load_average_end'])} on "
-        f"{results['machine']['cpu_count']} CPUs "
-        f"(a load at the start means other processes were using the CPU: timings are then noisy); "
-        f"{results['seconds']:.0f} s in all"
-    )
-    if out is not None:
-        write_json(Path(out), results)
-        echo(f"wrote {out}")
-    return results
-
-
-def _loads(values: list[float]) -> str:
-    return "/".join(f"{v:.2f}" for v in values)

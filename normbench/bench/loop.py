@@ -1,14 +1,13 @@
 """Loop overhead: one LeNet-BN Fashion-MNIST training epoch three ways, in one process, interleaved:
 
 - normbench: `train_epoch` over `tensor_batches` (what `normbench run` does per epoch: images held
-as device
-  tensors, loss/accuracy summed on the device, the lr set from the schedule, TensorBoard every log
-  interval);
+  as device tensors, loss/accuracy summed on the device, the lr set from the schedule, TensorBoard
+  every log interval);
 - minimal: the shortest hand-written loop over the same device tensors (randperm, slice, forward,
-backward, step);
+  backward, step);
 - dataloader: the textbook loop, torchvision's FashionMNIST Dataset (PIL image -> ToTensor ->
-Normalize per
-  sample) through a DataLoader with workers (pinned memory and non-blocking copies on CUDA).
+  Normalize per sample) through a DataLoader with workers (pinned memory and non-blocking copies on
+  CUDA).
 
 All three read the same idx files: Debian's Fashion-MNIST when installed, else synthetic images
 written in the same format (the section says which)."""
@@ -32,7 +31,7 @@ from ..data import load_data, stratified_subset, tensor_batches
 from ..data.fashion_mnist import DEBIAN_DIR, EXPECTED_COUNTS, FILES, find_files
 from ..optim import LRSchedule, build_optimizer, scaled_lr
 from ..train import train_epoch
-from .timing import interleaved, synchronizer
+from .timing import Timings, interleaved, synchronizer
 
 # Targets of the issue: normbench's loop adds at most 5% (batch >= 32) / 10% (small batches) over
 # the minimal loop, and is at least 2.5x faster than the DataLoader loop at batch 256.
@@ -87,6 +86,7 @@ def _fresh_model(cfg: Any, device: torch.device) -> tuple[torch.nn.Module, Any]:
 def normbench_epoch(
     cfg: Any, x: torch.Tensor, y: torch.Tensor, batch: int, logdir: Path
 ) -> Callable[[], None]:
+    # deferred: tensorboard takes ~1 s to import and only the loop section needs it
     from torch.utils.tensorboard import SummaryWriter
 
     def run() -> None:
@@ -144,6 +144,7 @@ def dataloader_epoch(
     subset: torch.Tensor | None,
     device: torch.device,
 ) -> Callable[[], None]:
+    # deferred: torchvision takes seconds to import and only the DataLoader loop needs it
     from torchvision import datasets, transforms
 
     transform = transforms.Compose(
@@ -213,34 +214,7 @@ def bench_loop(
             normbench_epoch(cfg, x[:warm], y[:warm], batch, Path(tmp) / f"warm{batch}")()
             minimal_epoch(cfg, x[:warm], y[:warm], batch)()
             times = interleaved(calls, repeats, sync, warmup=0)
-            med, cpu = times.median("wall"), times.median("cpu")
-            size = "small" if batch < SMALL_BATCH else "large"
-            over_wall, over_cpu = (
-                med["normbench"] / med["minimal"],
-                cpu["normbench"] / cpu["minimal"],
-            )
-            # see timing: CPU time is immune to other load
-            over = over_cpu if device.type == "cpu" else over_wall
-            # the DataLoader's work is partly in its worker processes: wall time only
-            speedup = med["dataloader"] / med["normbench"]
-            row = {
-                "batch": batch,
-                "images": int(x.shape[0]),
-                "seconds": med,
-                "cpu_seconds": cpu,
-                "all_seconds": times.wall,
-                "normbench_over_minimal": over,
-                "judged_on": "cpu" if device.type == "cpu" else "wall",
-                "normbench_over_minimal_wall": over_wall,
-                "normbench_over_minimal_cpu": over_cpu,
-                "target_over_minimal": MAX_OVER_MINIMAL[size],
-                "pass_over_minimal": over <= MAX_OVER_MINIMAL[size],
-                "dataloader_over_normbench": speedup,
-            }
-            if batch == 256:
-                row["target_dataloader_over_normbench"] = MIN_DATALOADER_SPEEDUP
-                row["pass_dataloader"] = speedup >= MIN_DATALOADER_SPEEDUP
-            rows.append(row)
+            rows.append(loop_row(batch, int(x.shape[0]), times, device))
         data.close()
     return {
         "model": "LeNet-5 + BN (d2l: sigmoid, avg pool), SGD momentum 0.9",
@@ -249,3 +223,35 @@ def bench_loop(
         "repeats": repeats,
         "rows": rows,
     }
+
+
+def loop_row(batch: int, images: int, times: Timings, device: torch.device) -> dict[str, Any]:
+    """One batch size's medians and its ratios against the targets."""
+    med, cpu = times.median("wall"), times.median("cpu")
+    size = "small" if batch < SMALL_BATCH else "large"
+    over_wall, over_cpu = (
+        med["normbench"] / med["minimal"],
+        cpu["normbench"] / cpu["minimal"],
+    )
+    # see timing: CPU time is immune to other load
+    over = over_cpu if device.type == "cpu" else over_wall
+    # the DataLoader's work is partly in its worker processes: wall time only
+    speedup = med["dataloader"] / med["normbench"]
+    row = {
+        "batch": batch,
+        "images": images,
+        "seconds": med,
+        "cpu_seconds": cpu,
+        "all_seconds": times.wall,
+        "normbench_over_minimal": over,
+        "judged_on": "cpu" if device.type == "cpu" else "wall",
+        "normbench_over_minimal_wall": over_wall,
+        "normbench_over_minimal_cpu": over_cpu,
+        "target_over_minimal": MAX_OVER_MINIMAL[size],
+        "pass_over_minimal": over <= MAX_OVER_MINIMAL[size],
+        "dataloader_over_normbench": speedup,
+    }
+    if batch == 256:
+        row["target_dataloader_over_normbench"] = MIN_DATALOADER_SPEEDUP
+        row["pass_dataloader"] = speedup >= MIN_DATALOADER_SPEEDUP
+    return row

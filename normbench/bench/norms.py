@@ -22,7 +22,7 @@ from ..config import compose
 from ..fastpath import prepare_model
 from ..norms.mabn import MovingAverageBatchNorm
 from ..optim import build_optimizer
-from .timing import interleaved, synchronizer
+from .timing import Timings, interleaved, synchronizer
 
 MAX_OVER_BN = 1.3  # the issue's target for every norm's step on ResNet-18
 
@@ -108,6 +108,41 @@ def bench_norms(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    steps, models, memory, failed = build_steps(names, x, y, image_size, fast, device)
+
+    def to_expensive_phase() -> None:
+        for model in models.values():
+            fast_forward(model)
+
+    sync = synchronizer(device)
+    times = interleaved(steps, repeats, sync, warmup=warmup, after_warmup=to_expensive_phase)
+    peaks = {name: peak_step_bytes(step, device) for name, step in steps.items()}
+    rows = []
+    for name in names:
+        if name in failed:
+            rows.append({"norm": name, "error": failed[name], "pass": False})
+        else:
+            rows.append(norm_row(name, times, memory, peaks, device))
+    return {
+        "model": f"ResNet-18 (small stem), 3x{image_size}x{image_size} input, batch {batch}",
+        "fast_path": fast,
+        "repeats": repeats,
+        "target_over_bn": MAX_OVER_BN,
+        "judged_on": "cpu" if device.type == "cpu" else "wall",
+        "rows": rows,
+    }
+
+
+def build_steps(
+    names: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    image_size: int,
+    fast: list[str],
+    device: torch.device,
+) -> tuple[dict[str, Callable[[], None]], dict[str, nn.Module], dict[str, int], dict[str, str]]:
+    """(steps, models, saved bytes, failures) by norm name: each norm's ResNet-18 with its training
+    step run once; a norm whose first step raises (BN excepted) is reported in failures."""
     steps, models, memory = {}, {}, {}
     failed: dict[str, str] = {}
     for name in names:
@@ -140,44 +175,33 @@ def bench_norms(
             failed[name] = f"{type(error).__name__}: {text[0][:160] if text else ''}"
             continue
         models[name], steps[name] = model, step
+    return steps, models, memory, failed
 
-    def to_expensive_phase() -> None:
-        for model in models.values():
-            fast_forward(model)
 
-    sync = synchronizer(device)
-    times = interleaved(steps, repeats, sync, warmup=warmup, after_warmup=to_expensive_phase)
-    peaks = {name: peak_step_bytes(step, device) for name, step in steps.items()}
+def norm_row(
+    name: str,
+    times: Timings,
+    memory: dict[str, int],
+    peaks: dict[str, int | None],
+    device: torch.device,
+) -> dict[str, Any]:
+    """One norm's medians, memory and ratios to BN (the first row)."""
     med, cpu = times.median("wall"), times.median("cpu")
     # see timing: CPU time is immune to other processes' load
     judged = cpu if device.type == "cpu" else med
-    rows = []
-    for name in names:
-        if name in failed:
-            rows.append({"norm": name, "error": failed[name], "pass": False})
-            continue
-        ratio = judged[name] / judged["bn"]
-        rows.append(
-            {
-                "norm": name,
-                "ms_per_step": med[name] * 1e3,
-                "cpu_ms_per_step": cpu[name] * 1e3,
-                "all_ms": [t * 1e3 for t in times.wall[name]],
-                "over_bn": ratio,
-                "over_bn_wall": med[name] / med["bn"],
-                "over_bn_cpu": cpu[name] / cpu["bn"],
-                "pass": ratio <= MAX_OVER_BN if name != "bn" else None,
-                "saved_mb": memory[name] / 2**20,
-                "saved_over_bn": memory[name] / memory["bn"],
-                "peak_mb": None if peaks[name] is None else peaks[name] / 2**20,
-                "peak_over_bn": None if peaks[name] is None else peaks[name] / peaks["bn"],
-            }
-        )
+    ratio = judged[name] / judged["bn"]
+    peak, peak_bn = peaks[name], peaks["bn"]
     return {
-        "model": f"ResNet-18 (small stem), 3x{image_size}x{image_size} input, batch {batch}",
-        "fast_path": fast,
-        "repeats": repeats,
-        "target_over_bn": MAX_OVER_BN,
-        "judged_on": "cpu" if device.type == "cpu" else "wall",
-        "rows": rows,
+        "norm": name,
+        "ms_per_step": med[name] * 1e3,
+        "cpu_ms_per_step": cpu[name] * 1e3,
+        "all_ms": [t * 1e3 for t in times.wall[name]],
+        "over_bn": ratio,
+        "over_bn_wall": med[name] / med["bn"],
+        "over_bn_cpu": cpu[name] / cpu["bn"],
+        "pass": ratio <= MAX_OVER_BN if name != "bn" else None,
+        "saved_mb": memory[name] / 2**20,
+        "saved_over_bn": memory[name] / memory["bn"],
+        "peak_mb": None if peak is None else peak / 2**20,
+        "peak_over_bn": None if peak is None or peak_bn is None else peak / peak_bn,
     }

@@ -24,8 +24,26 @@ def print_machine(info: dict[str, Any], echo: Echo) -> None:
         f"machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} with "
         f"{info['torch_threads']} "
         f"threads{omp}{gpu}; device {info['device']}; load average at start "
-        f"{'/'.join(f'{v:.2f}' for v in info['load_average_start'])}"
+        f"{loads(info['load_average_start'])}"
     )
+
+
+def print_load(results: dict[str, Any], echo: Echo) -> None:
+    """The closing line: load averages at start and end (noisy timings if the CPU was shared)."""
+    info = results["machine"]
+    echo(
+        "\nload average (1, 5, 15 min) at start "
+        f"{loads(info['load_average_start'])}, at end "
+        f"{loads(info['load_average_end'])} on "
+        f"{info['cpu_count']} CPUs "
+        f"(a load at the start means other processes were using the CPU: timings are then noisy); "
+        f"{results['seconds']:.0f} s in all"
+    )
+
+
+def loads(values: list[float]) -> str:
+    """Load averages as 1/5/15-minute values, two decimals each."""
+    return "/".join(f"{v:.2f}" for v in values)
 
 
 def print_loop(result: dict[str, Any], echo: Echo) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from normbench.data import cfg_bool, cfg_int
+from normbench.data.prep import cfg_bool, cfg_int
 from normbench.errors import UserError
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from normbench.data import TensorData, idx_images
+from normbench.data import idx_images
+from normbench.data.source import TensorData
 
 DESCRIPTION = "Fashion-MNIST (Xiao et al. 2017): 60k/10k 28x28 grey clothing images, 10 classes"
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from normbench.data import TensorData, cfg_bool, cfg_get, check_labels
 from normbench.data.idx import read_idx
+from normbench.data.prep import cfg_bool, cfg_get, check_labels
+from normbench.data.source import TensorData
 from normbench.data.tensor_set import load_image_set
 from normbench.errors import UserError
 

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from normbench.data import Batch, Shard, cfg_bool, cfg_get, cfg_int, cfg_mean_std, stratified_subset
+from normbench.data.prep import cfg_bool, cfg_get, cfg_int, cfg_mean_std, stratified_subset
+from normbench.data.source import Batch, Shard
 from normbench.errors import UserError
+from normbench.values import bad_value, is_number
 
 DESCRIPTION = (
     "image folders in the ImageNet layout (data.path with train/ and val/ class "
@@ -52,6 +54,7 @@ class Images(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        # deferred: torchvision is slow to import, and only image folders need it
         from torchvision.datasets.folder import default_loader
 
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -191,7 +194,7 @@ class FolderData:
 def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """(class names, samples) of one split folder, via torchvision's ImageFolder, as a one-line
     UserError."""
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # deferred: see Images.__getitem__
 
     layout = "one sub-folder of images per class, as in ImageNet/Imagenette"
     if not folder.is_dir():
@@ -219,20 +222,9 @@ def subset(samples: list[tuple[str, int]], size: int | None, seed: int) -> list[
 def load(cfg: Any, device: torch.device) -> FolderData:
     """Scan data.path per `cfg` (keys of configs/data/imagefolder.yaml); images are read while
     training."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # deferred: see Images.__getitem__
 
-    path = cfg_get(cfg, "path")
-    if path is None:
-        raise UserError(
-            "data=imagefolder needs data.path=DIR: a folder with train/ and val/, "
-            "each holding one "
-            "sub-folder of images per class (ImageNet/Imagenette layout)"
-        )
-    root = Path(str(path)).expanduser()
-    if not root.is_dir():
-        raise UserError(
-            f"data.path={root} is not a folder: point it at the folder holding train/ and val/"
-        )
+    root = folder_root(cfg)
     num_classes = cfg_int(cfg, "num_classes", None, minimum=2)
     if cfg_int(cfg, "in_channels", IN_CHANNELS) != IN_CHANNELS:
         raise UserError("imagefolder images are read as RGB: set data.in_channels=3")
@@ -240,38 +232,12 @@ def load(cfg: Any, device: torch.device) -> FolderData:
     mean, std = cfg_mean_std(cfg, IN_CHANNELS)
     workers = cfg_int(cfg, "workers", 4, minimum=0)
     augment, flip = cfg_bool(cfg, "augment", True), cfg_bool(cfg, "flip", True)
-    scale = cfg_get(cfg, "crop_scale", [0.08, 1.0])
-    scale = list(scale) if not isinstance(scale, (str, int, float)) else [scale]
-    if not (
-        len(scale) == 2
-        and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale)
-        and 0 < scale[0] <= scale[1] <= 1
-    ):
-        raise UserError(
-            "data.crop_scale must be [min, max] area fractions with 0 < min <= max "
-            "<= 1, got "
-            f"{scale!r}: e.g. data.crop_scale=[0.08,1.0]"
-        )
+    scale = crop_scale(cfg)
     train_size = cfg_int(cfg, "train_size", None, minimum=1)
     test_size = cfg_int(cfg, "test_size", None, minimum=1)
     seed = cfg_int(cfg, "subset_seed", 0)
 
-    classes, train_samples = scan(root / "train")
-    val_classes, test_samples = scan(root / "val")
-    if val_classes != classes:
-        only = sorted(set(classes) ^ set(val_classes))[:3]
-        raise UserError(
-            f"{root}: train/ and val/ have different class folders (e.g. "
-            f"{', '.join(only)}): "
-            "give both the same classes"
-        )
-    if num_classes != len(classes):
-        raise UserError(
-            f"{root}/train has {len(classes)} class folders but "
-            f"data.num_classes={num_classes}: "
-            f"set data.num_classes={len(classes)}"
-        )
-
+    train_samples, test_samples = scan_splits(root, num_classes)
     evaluation = [T.Resize(int(image_size / EVAL_RESIZE_RATIO)), T.CenterCrop(image_size)]
     if augment:
         training = [T.RandomResizedCrop(image_size, scale=tuple(float(s) for s in scale))]
@@ -301,3 +267,57 @@ def load(cfg: Any, device: torch.device) -> FolderData:
         target_device=device,
         train_augmentation=described,
     )
+
+
+def folder_root(cfg: Any) -> Path:
+    """data.path, which must be an existing folder."""
+    path = cfg_get(cfg, "path")
+    if path is None:
+        raise UserError(
+            "data=imagefolder needs data.path=DIR: a folder with train/ and val/, "
+            "each holding one "
+            "sub-folder of images per class (ImageNet/Imagenette layout)"
+        )
+    root = Path(str(path)).expanduser()
+    if not root.is_dir():
+        raise UserError(
+            f"data.path={root} is not a folder: point it at the folder holding train/ and val/"
+        )
+    return root
+
+
+def crop_scale(cfg: Any) -> list:
+    """data.crop_scale: [min, max] area fractions of the random-resized crop."""
+    scale = cfg_get(cfg, "crop_scale", [0.08, 1.0])
+    scale = list(scale) if not isinstance(scale, (str, int, float)) else [scale]
+    if not (len(scale) == 2 and all(is_number(s) for s in scale) and 0 < scale[0] <= scale[1] <= 1):
+        raise bad_value(
+            "data.crop_scale",
+            "[min, max] area fractions with 0 < min <= max <= 1",
+            scale,
+            ": e.g. data.crop_scale=[0.08,1.0]",
+        )
+    return scale
+
+
+def scan_splits(
+    root: Path, num_classes: int | None
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train samples, val samples) of root/train and root/val, which must have the same
+    `num_classes` class folders."""
+    classes, train_samples = scan(root / "train")
+    val_classes, test_samples = scan(root / "val")
+    if val_classes != classes:
+        only = sorted(set(classes) ^ set(val_classes))[:3]
+        raise UserError(
+            f"{root}: train/ and val/ have different class folders (e.g. "
+            f"{', '.join(only)}): "
+            "give both the same classes"
+        )
+    if num_classes != len(classes):
+        raise UserError(
+            f"{root}/train has {len(classes)} class folders but "
+            f"data.num_classes={num_classes}: "
+            f"set data.num_classes={len(classes)}"
+        )
+    return train_samples, test_samples

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from normbench.data import TensorData, idx_images
+from normbench.data import idx_images
+from normbench.data.source import TensorData
 
 DESCRIPTION = "MNIST (LeCun et al. 1998): 60k/10k 28x28 grey handwritten digits, 10 classes"
 

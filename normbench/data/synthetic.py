@@ -8,7 +8,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from normbench.data import TensorData, augment, cfg_get, cfg_int
+from normbench.data import augment
+from normbench.data.prep import cfg_get, cfg_int
+from normbench.data.source import TensorData
 from normbench.errors import UserError
 
 DESCRIPTION = "per-class smooth random patterns plus Gaussian noise, made in memory (fast tests)"

@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from normbench.data import (
-    TensorData,
-    augment,
+from normbench.data import augment
+from normbench.data.prep import (
     black,
     cfg_int,
     cfg_mean_std,
@@ -18,6 +17,7 @@ from normbench.data import (
     normalize,
     take_subset,
 )
+from normbench.data.source import TensorData
 
 
 def load_image_set(

@@ -61,6 +61,8 @@ class NormSpec:
     conv_weight: str | None = None  # every conv of the model gets this weight reparametrization
     # (conv_weight.CONV_WEIGHTS: "center" for MABN, "standardize"
     # for GN+WS)
+    # SyncBN can synchronise its batch statistics across processes (sync_bn=true; validate.py)
+    syncable: bool = False
 
 
 NORMS: dict[str, NormSpec] = {
@@ -72,6 +74,7 @@ NORMS: dict[str, NormSpec] = {
         True,
         False,
         True,
+        syncable=True,
     ),
     "ln": NormSpec(
         layer_norm,
@@ -130,6 +133,7 @@ NORMS: dict[str, NormSpec] = {
         True,
         False,
         True,
+        syncable=True,
     ),
     "brn": NormSpec(
         batch_renorm,

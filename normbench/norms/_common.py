@@ -1,13 +1,11 @@
-"""Argument checks shared by the norm factories (plumbing; no paper)."""
+"""Argument checks shared by the norm factories, on normbench.values (plumbing; no paper)."""
 
 from __future__ import annotations
-
-import math
-from numbers import Real
 
 import torch
 
 from normbench.errors import UserError
+from normbench.values import as_flag, as_int, as_number
 
 
 class NormConfigError(UserError, ValueError):
@@ -16,10 +14,7 @@ class NormConfigError(UserError, ValueError):
 
 def check_layer(norm: str, num_channels: int, dim: int) -> None:
     """Validate the (num_channels, dim) every factory receives."""
-    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise NormConfigError(
-            f"norm {norm!r}: num_channels must be an integer >= 1, got {num_channels!r}"
-        )
+    check_int(norm, "num_channels", num_channels)
     if isinstance(dim, bool) or dim not in (1, 2):
         raise NormConfigError(
             f"norm {norm!r}: dim must be 2 (NCHW feature maps) or 1 ((N, C) features), got {dim!r}"
@@ -28,31 +23,22 @@ def check_layer(norm: str, num_channels: int, dim: int) -> None:
 
 def check_eps(norm: str, eps: object, option: str = "eps") -> float:
     """eps must be a finite real number > 0 (0 would divide by zero on a constant input)."""
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
-        raise NormConfigError(f"norm {norm!r}: {option} must be a finite number > 0, got {eps!r}")
-    return float(eps)
+    return as_number(eps, _name(norm, option), above=0, finite=True, error=NormConfigError)
 
 
 def check_int(norm: str, option: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NormConfigError(
-            f"norm {norm!r}: {option} must be an integer >= {minimum}, got {value!r}"
-        )
-    return value
+    """An integer option of at least `minimum`."""
+    return as_int(value, _name(norm, option), minimum=minimum, error=NormConfigError)
 
 
 def parse_flag(norm: str, option: str, value: object, extra: tuple[str, ...] = ()) -> bool | str:
     """A bool, or one of the strings "true"/"false" (any case) or `extra` (returned lower-cased)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("true", "false"):
-            return word == "true"
-        if word in extra:
-            return word
-    allowed = ", ".join(["true", "false", *extra])
-    raise NormConfigError(f"norm {norm!r}: {option} must be one of {allowed}, got {value!r}")
+    return as_flag(value, _name(norm, option), extra=extra, error=NormConfigError)
+
+
+def _name(norm: str, option: str) -> str:
+    """How an error names a norm's option: "norm 'gn': groups"."""
+    return f"norm {norm!r}: {option}"
 
 
 def check_input(module: torch.nn.Module, x: torch.Tensor, dim: int, num_channels: int) -> None:
@@ -69,14 +55,14 @@ def check_input(module: torch.nn.Module, x: torch.Tensor, dim: int, num_channels
 def check_momentum(norm: str, momentum: object, allow_none: bool = False) -> float | None:
     """A running-statistics momentum in [0, 1] (torch convention: new = (1 - m) * old + m * batch);
     None (torch's cumulative average) only where `allow_none`."""
-    if momentum is None and allow_none:
-        return None
-    if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= momentum <= 1.0:
-        also = " (or null)" if allow_none else ""
-        raise NormConfigError(
-            f"norm {norm!r}: momentum must be a number in [0, 1]{also}, got {momentum!r}"
-        )
-    return float(momentum)
+    return as_number(
+        momentum,
+        _name(norm, "momentum"),
+        minimum=0,
+        maximum=1,
+        allow_none=allow_none,
+        error=NormConfigError,
+    )
 
 
 @torch.no_grad()

@@ -23,26 +23,19 @@ from ._fused import biased_var_mean
 
 
 class BatchRenorm(nn.Module):
-    """Batch Renormalization (the paper's Algorithm 1), with the paper's warm-up of the clipping
-    bounds.
+    """Batch Renormalization (the paper's Algorithm 1), with the paper's warm-up of the clip bounds.
 
-    Training, per channel over (N, H, W) (dim=1: over N):
-        mu_B, var_B = mean and BIASED variance of the batch;  sigma_B = sqrt(var_B + eps) sigma =
-        sqrt(running_var + eps)                       (running stats BEFORE this step's update) r =
-        clip(sigma_B / sigma, 1 / r_max(t), r_max(t)),  d = clip((mu_B - running_mean) / sigma,
-        -d_max(t), d_max(t)) y = weight * ((x - mu_B) / sigma_B * r + d) + bias    r and d are
-        constants: no gradient flows through them
-    then running_mean/running_var move towards mu_B and the UNBIASED batch variance with `momentum`
-    (torch's BN convention, new = (1 - m) * old + m * batch; the paper averages sigma itself, we
-    keep torch's variance buffers so checkpoints and eval read like BN's).
-    Eval: (x - running_mean) / sqrt(running_var + eps), affine -- exactly BN's eval.
+    Training: BN with the batch statistics corrected by r and d (clipped, no gradient) towards the
+    running statistics, which move as torch's BN's do; eval is exactly BN's eval. The bounds grow
+    from a BN start with training forwards counted in `num_batches_tracked`, by tensor ops (no
+    host-device synchronisation). See docs/norms.md#batch-renormalization.
 
-    Warm-up: t = `num_batches_tracked` = training forward passes of this layer before this one (a
-    buffer, so it is in the state_dict and resuming continues the schedule). r_max(t) is 1 up to
-    `warmup_start` and grows linearly to `r_max` at `rmax_iters`; d_max(t) is 0 up to `warmup_start`
-    and grows linearly to `d_max` at `dmax_iters` (an end equal to the start is a step). Until
-    `warmup_start` the layer is BN. The bounds are computed with tensor ops from the buffer: no
-    host-device synchronisation in a training step.
+    Args:
+        momentum: torch's BN convention, new = (1 - momentum) * old + momentum * batch.
+        r_max, d_max: the final clip bounds of r and d.
+        warmup_start: up to this many iterations r_max(t) = 1 and d_max(t) = 0 (the layer is BN).
+        rmax_iters, dmax_iters: r_max(t) and d_max(t) reach r_max and d_max linearly at these
+            iterations (an end equal to the start is a step).
     """
 
     def __init__(

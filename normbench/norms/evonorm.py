@@ -18,37 +18,21 @@ from ._common import (
 from ._fused import biased_var_mean, channel_maximum
 from .group_norm import resolve_groups
 
-# Variances: the paper writes s^2 for "variance" without a correction; the authors' reference code
-# (tf.nn.moments) uses the BIASED variance everywhere, including for B0's moving variance. We follow
-# it: every variance in this file is biased (mean of squared deviations). Unlike torch's BN, B0's
-# running_var is therefore a moving average of biased batch variances.  act=False, the forms for
-# positions where the original network has a norm with no activation after it (last norm of a
-# residual branch, projection shortcut, ShuffleNet's depthwise convs): the nonlinear part -- `v` and
-# B0's instance term, S0's sigmoid -- is dropped and the layer still normalizes: B0: y = x /
-# sqrt(s2_b + eps) * weight + bias   (B0's batch denominator; running_var as with act=True) S0: y =
-# x / sqrt(s2_g + eps) * weight + bias   (S0's group denominator; what timm's EvoNorm2dS0a does)
-# i.e. centring-free BN and GN. NOTE: this is NOT what the authors' reference code does. There,
-# evonorm(..., nonlinearity=False) in tensorflow/tpu models/official/resnet/resnet_model.py ("if
-# False, apply an affine transform only") returns weight * x + bias with no normalization at all,
-# for B0 and S0 alike, at those same positions (with gamma initialised to 0 at the last norm of each
-# residual block); timm's EvoNorm2dB0 / EvoNorm2dS0(apply_act=False) do the same. Here every norm
-# position of a backbone normalizes, whatever the norm, so the comparison with BN/GN/FRN changes
-# only the norm, not where one is.
+# Every variance in this file is BIASED (mean of squared deviations), as in the authors' code, and
+# act=False normalizes where the authors' code applies an affine only: see docs/norms.md#evonorm.
 
 
 class EvoNormB0(nn.Module):
     """EvoNorm-B0: y = x / max(sqrt(s2_b + eps), v * x + sqrt(s2_i + eps)) * weight + bias.
 
-    s2_b: batch variance per channel over (N, H, W) in training, the buffer `running_var` in eval
-    (updated in training as new = (1 - momentum) * old + momentum * s2_b; no running mean: B0 has
-    no centring). s2_i: instance variance per (sample, channel) over (H, W), the same in train and
-    eval. `v`, `weight`, `bias` have shape (C,), init 1, 1, 0. Replaces norm + activation.
-    NCHW only: on (N, C) features s2_i is the variance of one value (0); see `evonorm_b0`.
+    s2_b: batch variance per channel over (N, H, W) in training, `running_var` in eval; s2_i:
+    instance variance per (sample, channel) over (H, W). Replaces norm + activation. NCHW only.
+    See docs/norms.md#evonorm-b0.
 
-    act=False: y = x / sqrt(s2_b + eps) * weight + bias, no `v` and no instance term; s2_b and
-    `running_var` exactly as above, so in eval the layer is a fixed per-channel affine
-    (`eval_affine`). See the note at the top of this file: the authors' code applies weight * x +
-    bias only there.
+    Args:
+        momentum: torch's convention, new = (1 - momentum) * old + momentum * s2_b.
+        act: False for the activation-free form y = x / sqrt(s2_b + eps) * weight + bias (no `v`,
+            no instance term; a fixed per-channel affine in eval, see `eval_affine`).
     """
 
     def __init__(
@@ -109,13 +93,14 @@ class EvoNormB0(nn.Module):
 class EvoNormS0(nn.Module):
     """EvoNorm-S0: y = x * sigmoid(v * x) / sqrt(s2_g + eps) * weight + bias.
 
-    s2_g: variance per sample over each group of C/G consecutive channels and (H, W) (dim=1: over
-    the group's C/G features), as GN groups them. No batch statistics: train and eval are the same.
-    `num_groups` is the number of groups used on this layer, `requested_groups` the configured G.
+    s2_g: variance per sample over each group of C/G consecutive channels and (H, W), as GN groups
+    them; train and eval are the same. See docs/norms.md#evonorm-s0.
 
-    act=False: y = x / sqrt(s2_g + eps) * weight + bias, no `v` and no sigmoid (timm's EvoNorm2dS0a
-    without its activation). See the note at the top of this file: the authors' code applies
-    weight * x + bias only there.
+    Args:
+        num_groups: the groups G used on this layer.
+        requested_groups: the configured G (default: num_groups).
+        act: False for the activation-free form y = x / sqrt(s2_g + eps) * weight + bias (no `v`,
+            no sigmoid).
     """
 
     def __init__(
@@ -164,14 +149,16 @@ class EvoNormS0(nn.Module):
 def evonorm_b0(
     num_channels: int, dim: int = 2, act: bool = True, *, eps: float = 1e-5, momentum: float = 0.1
 ) -> nn.Module:
-    """EvoNorm-B0 (eps 1e-5 and moving-average decay 0.9, i.e. momentum 0.1, as in the authors'
-    code); act=False: its form without the nonlinearity (EvoNormB0). `act` is a layer argument set
-    by the backbone (build_norm's act), not a config option.
+    """EvoNorm-B0 with the authors' eps 1e-5 and moving-average decay 0.9 (momentum 0.1).
 
-    No dim=1 form: on (N, C) features the instance variance is that of a single value, 0, so the
-    layer would divide by max(batch std, v * x + sqrt(eps)), which is no longer the paper's layer;
-    dim=1 raises and the backbones leave fully connected layers without a norm (and with their
-    usual activation), as for IN."""
+    No dim=1 form (raises): on (N, C) features the instance variance is 0 and the layer would no
+    longer be the paper's; backbones leave fully connected layers without a norm, as for IN. See
+    docs/norms.md#evonorm-b0.
+
+    Args:
+        act: False for its form without the nonlinearity; a layer argument set by the backbone
+            (build_norm's act), not a config option.
+    """
     check_layer("evonorm_b0", num_channels, dim)
     eps = check_eps("evonorm_b0", eps)
     momentum = check_momentum("evonorm_b0", momentum)
@@ -194,11 +181,13 @@ def evonorm_s0(
     min_channels_per_group: int = 2,
     eps: float = 1e-5,
 ) -> nn.Module:
-    """EvoNorm-S0 with GN's groups: `resolve_groups(num_channels, groups, min_channels_per_group)`
-    per layer (the paper uses 32 groups; the authors' code takes the largest divisor of C <= 32,
-    which on LeNet's 6-channel layer would be 6 groups of one channel, hence GN's minimum of 2 per
-    group). act=False: its form without the nonlinearity (EvoNormS0); a layer argument, not a config
-    option."""
+    """EvoNorm-S0 with GN's groups, `resolve_groups(num_channels, groups, min_channels_per_group)`.
+
+    See docs/norms.md#evonorm-s0 for why GN's minimum of 2 channels per group is kept.
+
+    Args:
+        act: False for its form without the nonlinearity; a layer argument, not a config option.
+    """
     check_layer("evonorm_s0", num_channels, dim)
     eps = check_eps("evonorm_s0", eps)
     groups = check_int("evonorm_s0", "groups", groups)

@@ -12,23 +12,16 @@ EPS_L_INIT = 1e-4  # initial value of the learned part of eps (paper, section 3.
 
 
 class FilterResponseNorm(nn.Module):
-    """FRN + TLU, written with plain tensor ops (autograd gives the backward pass).
+    """FRN + TLU: z = max(weight * x / sqrt(nu2 + eps) + bias, tau), nu2 = mean of x^2 over (H, W).
 
-    nu2 = mean over (H, W) of x^2 per (sample, channel)   (dim=1: nu2 = x^2, one value)
-    x_hat = x / sqrt(nu2 + eps);  y = weight * x_hat + bias;  z = max(y, tau)
+    Plain tensor ops (autograd gives the backward pass); `weight`, `bias`, `tau` have shape (C,).
+    The TLU is the layer's activation: the backbone adds none after it. See docs/norms.md#frn.
 
-    Parameters `weight`, `bias`, `tau` have shape (C,) (init 1, 0, 0). With `learned_eps` the
-    epsilon is eps + |eps_l| where `eps_l` is a learnable PER-CHANNEL parameter of shape (C,)
-    initialised to 1e-4 (the paper allows a scalar or per-channel; per-channel keeps every
-    parameter of a norm layer at shape (C,)). Without it there is no `eps_l` and eps is fixed.
-    The TLU is the layer's activation: the backbone adds none after it.
-
-    act=False: FRN without the TLU, y = weight * x_hat + bias, and no `tau` parameter -- for the
-    positions where the original network has a norm with no activation after it (the last norm of a
-    residual branch, a projection shortcut's norm), where a TLU (a ReLU at its init tau = 0) would
-    make the network non-linear where it is linear. This is timm's
-    FilterResponseNormTlu2d(apply_act=False); the paper defines FRN (normalization + affine) and TLU
-    as separate steps, so it is the paper's FRN.
+    Args:
+        learned_eps: eps + |eps_l| with a learnable per-channel `eps_l` (init EPS_L_INIT).
+        dim: 2 for NCHW feature maps, 1 for (N, C) features (nu2 = x^2).
+        act: False for FRN without the TLU (no `tau`), where the original network has a norm
+            with no activation after it.
     """
 
     def __init__(

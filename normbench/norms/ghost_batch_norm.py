@@ -35,14 +35,9 @@ class GhostBatchNorm(nn.Module):
     """BN whose training statistics come from virtual ("ghost") batches of about `ghost_batch`
     images.
 
-    Training: the batch is cut into the virtual batches of `ghost_sizes` (consecutive images); each
-    is normalized with its own per-channel mean and biased variance over (images, H, W); then the
-    per-channel affine. The running statistics are updated once per virtual batch, in order, exactly
-    as if BN were applied to each virtual batch in turn (unbiased variance, torch's momentum
-    convention): after k virtual batches old stats weigh (1 - momentum)^k. So the per-step update is
-    stronger than BN's on the whole batch; that is the ghost batch's BN. Eval: BN with the running
-    stats. Computed without a Python loop over virtual batches (at most two reshapes: sizes base+1
-    and base).
+    Training: each virtual batch of `ghost_sizes` (consecutive images) is normalized with its own
+    statistics, and the running statistics move once per virtual batch, in order, as if BN ran on
+    each in turn. Eval: BN with the running stats. See docs/norms.md#ghost-batch-normalization.
     """
 
     def __init__(

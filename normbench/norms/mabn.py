@@ -17,62 +17,18 @@ from ._common import NormConfigError, check_eps, check_input, check_int, check_l
 class MovingAverageBatchNorm(nn.Module):
     """MABN: centering-free BN whose forward AND backward batch statistics are moving averages.
 
-    Per channel, over (N, H, W) for dim=2 and over N for dim=1 (no mean is ever subtracted):
+    Training divides by the root of the mean of the last `buffer_size` batch second moments (SMAS),
+    renormalized by a clipped r against `running_var`; the backward averages its own batch statistic
+    the same way. All state is in buffers (a loaded layer continues bit-identically) and no step
+    reads a device tensor on the host. See docs/norms.md#mabn.
 
-    forward, training iteration t (see "Iterations" below), B = buffer_size:
-        chi2_t   = E[x^2]                                  this batch's statistic var      = chi2_t
-        if t <= B or t < warmup_iters   (raw batch statistic)
-                 = mean(chi2_{t-B+1}, ..., chi2_t)          otherwise           (SMAS, forward)
-        z        = x / sqrt(var + eps)
-        r        = 1                            if t <= max(renorm_iters, warmup_iters)
-                 = clip(sqrt(var + eps) / sqrt(running_var + eps), 1/r_max, r_max)  otherwise
-                   (running_var as it was BEFORE this step's update; r is a constant for autograd)
-        y        = weight * (r * z) + bias running_var <- momentum * running_var + (1 - momentum) *
-        var          (EMAS, after r is taken)
-    backward, with dy = dL/dy and g = dy * weight * r:
-        psi      = E[g * z]                                 this batch's statistic psibar   = psi if
-        the forward used the raw statistic, else the mean of the last B psi (SMAS, backward) dx
-        = (g - z * psibar) / sqrt(var + eps) dweight  = sum(dy * r * z),   dbias = sum(dy)
-    eval: y = weight * x / sqrt(running_var + eps) + bias; nothing changes (no buffer is written).
-
-    Iterations. ``iters`` counts the TRAINING-mode forwards of this layer; forward number t
-    (1-based, the count including itself) is iteration t. Every training forward is one iteration,
-    whether or not a backward follows: with ``accum`` micro-batches per optimizer step each
-    micro-batch is one iteration (that is what a device of a multi-GPU run sees), and a
-    training-mode forward under ``torch.no_grad`` is one too (its chi2 enters the forward ring and
-    running_var moves). Eval-mode forwards are not iterations. Iteration t writes chi2_t into
-    ``chi2_buffer[(t - 1) % B]``, so from t = B on the ring holds exactly chi2_{t-B+1..t}.
-
-    The backward statistic is written by backward passes: ``backward_iters`` counts them, and
-    backward number k writes its psi into ``psi_buffer[(k - 1) % B]``; an averaged psibar is the
-    mean of the last min(k, B) psi written (this one included). With one backward per forward, in
-    order -- plain training, and normbench's ``accum`` (each micro-batch runs its own forward and
-    backward) -- k = t and psibar is exactly mean(psi_{t-B+1..t}). A training forward whose backward
-    never runs contributes no psi (there is none) instead of leaving a stale or zero slot; several
-    forwards before one backward (their outputs summed into one loss) are several iterations whose
-    backwards append their psi in the order autograd runs them. Whether a backward uses the raw psi
-    or psibar follows the forward it belongs to.
-
-    State. Everything lives in buffers (``running_var`` (C,), the rings ``chi2_buffer`` and
-    ``psi_buffer`` (buffer_size, C), the counters ``iters`` and ``backward_iters``), so a layer
-    loaded from a state_dict continues bit-identically. No host-device synchronisation per step: the
-    phase of iteration t is decided on the host from Python-int mirrors of the two counters
-    (advanced together with the buffers, re-read from them by load_state_dict), never by reading a
-    device tensor. Change the counters only through ``load_state_dict`` or ``reset_running_stats``.
-
-    Speed. r only appears as r / sqrt(var + eps) = 1 / sqrt(denom), denom = (var + eps) *
-    clip((running_var + eps) / (var + eps), 1/r_max^2, r_max^2) (denom = var + eps while r = 1). The
-    forward is then torch's eval-mode batch-norm kernel with running_mean 0 and running_var denom
-    (eps folded in), and the backward gets g / sqrt(var + eps), dweight = sum(dy * r * z) and dbias
-    from ONE eval-mode batch-norm backward kernel, then subtracts x * psibar / (var + eps) in place:
-    two passes over the activations each way. The per-channel work is a dozen ops on (C,) tensors
-    per direction, where each op costs its dispatch, so it avoids Python-number operands,
-    recomputation and .mean() (a matrix-vector product instead).
-
-    Input of another dtype (e.g. under autocast) is cast to the parameters' dtype. The backward is
-    not itself differentiable (create_graph=True raises). Weight centralization of every conv (the
-    paper's other half) is not part of this module: the NormSpec asks build_model to centre every
-    conv (conv_weight="center", option center_weights).
+    Args:
+        dim: 2 for NCHW feature maps, 1 for (N, C) features.
+        momentum: the weight of the OLD running_var (the paper's convention, not torch's).
+        buffer_size: the SMAS window B of both rings.
+        warmup_iters: iterations t < warmup_iters use the raw batch statistic (as do t <= B).
+        renorm_iters: r is 1 for iterations t <= max(renorm_iters, warmup_iters).
+        r_max: then r is clipped to [1/r_max, r_max].
     """
 
     def __init__(
@@ -234,47 +190,19 @@ class _MABNFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         # (speed: the per-channel tensors are tiny, so each op costs its dispatch; the code keeps
         # their number low)
-        buffers = layer._buffers
-        t = layer._iters + 1
-        layer._iters = t
-        buffers["iters"].add_(buffers["_one"])
-        eps, zero, _ = layer._constants()
-        n = x.numel() // layer.num_channels
-        # x^2 / n: its sums over the axes are E[x^2]
-        square = torch.addcmul(zero, x, x, value=1.0 / n)
-        axes = (0, 2, 3) if layer.dim == 2 else (0,)
+        t = _count_forward(layer)
         raw = layer.uses_batch_stats(t)
-        ring = layer._ring("chi2_buffer")
-        slot = ring[2][(t - 1) % layer.buffer_size]
-        if raw:
-            var = torch.sum(square, axes)
-            slot.copy_(var)
-        else:
-            torch.sum(square, axes, out=slot)  # chi2 of this batch, straight into its ring slot
-            var = layer._ring_mean(ring, t)
-        running_var = buffers["running_var"]
-        if t > layer.fixed_r_iters:
-            # r = clip(sqrt(var+eps) / sqrt(running_var+eps), 1/r_max, r_max) enters only as r /
-            # sqrt(var+eps) = 1 / sqrt(denom) with denom = (var+eps) * clip((running_var+eps) /
-            # (var+eps), 1/r_max^2, r_max^2)
-            var_eps = torch.add(var, eps)
-            denom = (
-                torch.add(running_var, eps)
-                .div_(var_eps)
-                .clamp_(layer._inv_r2, layer._r2)
-                .mul_(var_eps)
-            )
-            denom_eps = 0.0
-        else:  # r = 1
-            var_eps, denom, denom_eps = None, var, layer.eps
-        running_var.lerp_(var, 1.0 - layer.momentum)  # after r was taken
+        n = x.numel() // layer.num_channels
+        var = _forward_variance(layer, x, n, t, raw)
+        var_eps, denom, denom_eps = _renorm_denominator(layer, var, t)
+        layer._buffers["running_var"].lerp_(var, 1.0 - layer.momentum)  # after r was taken
         # y = weight * x / sqrt(denom + denom_eps) + bias = weight * r * z + bias, by the eval-mode
         # BN kernel (running_mean 0, running_var denom)
         y = torch.batch_norm(
             x,
             weight,
             bias,
-            buffers["_zeros"],
+            layer._buffers["_zeros"],
             denom,
             False,
             0.0,
@@ -282,14 +210,8 @@ class _MABNFunction(torch.autograd.Function):
             torch.backends.cudnn.enabled,
         )
         ctx.save_for_backward(x, weight)
-        ctx.layer, ctx.raw, ctx.n, ctx.denom, ctx.denom_eps, ctx.var_eps = (
-            layer,
-            raw,
-            n,
-            denom,
-            denom_eps,
-            var_eps,
-        )
+        ctx.layer, ctx.raw, ctx.n = layer, raw, n
+        ctx.denom, ctx.denom_eps, ctx.var_eps = denom, denom_eps, var_eps
         return y
 
     @staticmethod
@@ -340,6 +262,54 @@ class _MABNFunction(torch.autograd.Function):
 _bn_backward = torch.ops.aten.native_batch_norm_backward.default
 
 
+def _count_forward(layer: MovingAverageBatchNorm) -> int:
+    """Count one training forward (host mirror and buffer together) and return its iteration t."""
+    t = layer._iters + 1
+    layer._iters = t
+    layer._buffers["iters"].add_(layer._buffers["_one"])
+    return t
+
+
+def _forward_variance(
+    layer: MovingAverageBatchNorm, x: torch.Tensor, n: int, t: int, raw: bool
+) -> torch.Tensor:
+    """var of iteration t: this batch's chi2 = E[x^2] if `raw`, else the mean of the chi2 ring
+    (SMAS); either way chi2 is written into the ring slot of iteration t."""
+    zero = layer._constants()[1]
+    # x^2 / n: its sums over the axes are E[x^2]
+    square = torch.addcmul(zero, x, x, value=1.0 / n)
+    axes = (0, 2, 3) if layer.dim == 2 else (0,)
+    ring = layer._ring("chi2_buffer")
+    slot = ring[2][(t - 1) % layer.buffer_size]
+    if raw:
+        var = torch.sum(square, axes)
+        slot.copy_(var)
+        return var
+    torch.sum(square, axes, out=slot)  # chi2 of this batch, straight into its ring slot
+    return layer._ring_mean(ring, t)
+
+
+def _renorm_denominator(
+    layer: MovingAverageBatchNorm, var: torch.Tensor, t: int
+) -> tuple[torch.Tensor | None, torch.Tensor, float]:
+    """(var + eps or None, denom, denom_eps) with r / sqrt(var + eps) = 1 / sqrt(denom + denom_eps);
+    reads running_var before this step's update."""
+    if t <= layer.fixed_r_iters:  # r = 1
+        return None, var, layer.eps
+    # r = clip(sqrt(var+eps) / sqrt(running_var+eps), 1/r_max, r_max) enters only as r /
+    # sqrt(var+eps) = 1 / sqrt(denom) with denom = (var+eps) * clip((running_var+eps) /
+    # (var+eps), 1/r_max^2, r_max^2)
+    eps = layer._constants()[0]
+    var_eps = torch.add(var, eps)
+    denom = (
+        torch.add(layer._buffers["running_var"], eps)
+        .div_(var_eps)
+        .clamp_(layer._inv_r2, layer._r2)
+        .mul_(var_eps)
+    )
+    return var_eps, denom, 0.0
+
+
 def _check_real(option: str, value: object, low: float, high: float = math.inf) -> float:
     if (
         isinstance(value, bool)
@@ -366,11 +336,17 @@ def moving_average_batch_norm(
     r_max: float = 5.0,
     center_weights: bool = True,
 ) -> nn.Module:
-    """MABN with the official defaults. momentum is the weight of the OLD value (running = 0.98 *
-    running + 0.02 * var, the paper's convention, not torch's); r_max >= 1 bounds r to [1/r_max,
-    r_max] once r is released after max(renorm_iters, warmup_iters) iterations; buffer_size is the
-    SMAS window. center_weights is read by the backbone builder (weight centralization of every
-    conv, on by default) and does not change this layer."""
+    """MABN with the official defaults (see docs/norms.md#mabn).
+
+    Args:
+        momentum: the weight of the OLD value (running = 0.98 * running + 0.02 * var, the paper's
+            convention, not torch's).
+        r_max: >= 1; bounds r to [1/r_max, r_max] once r is released after
+            max(renorm_iters, warmup_iters) iterations.
+        buffer_size: the SMAS window.
+        center_weights: read by the backbone builder (weight centralization of every conv, on by
+            default); does not change this layer.
+    """
     check_layer("mabn", num_channels, dim)
     eps = check_eps("mabn", eps)
     momentum = _check_real("momentum", momentum, 0.0, 1.0)

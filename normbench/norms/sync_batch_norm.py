@@ -108,6 +108,34 @@ def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def convert_sync_bn(model: nn.Module, built: list[nn.Module]) -> list[nn.Module]:
+    """Replace in `model` every BatchNorm1d/2d layer listed in `built` by a SyncBatchNorm with the
+    same options and state (before the model is wrapped for data parallelism, sync_bn=true); returns
+    `built` with the new layers in place of the replaced ones (`built` itself is left as it is).
+
+    In one process the converted layers compute exactly BN (their repr in the record says "not
+    synchronised"); with W processes they normalise over all W per-device batches."""
+    listed = {id(module) for module in built}
+    replaced: dict[int, nn.Module] = {}
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            # exactly BN (a subclass may compute something else), and built by the norm
+            if type(child) not in (nn.BatchNorm1d, nn.BatchNorm2d) or id(child) not in listed:
+                continue
+            assert isinstance(child, nn.modules.batchnorm._BatchNorm)  # narrows for mypy
+            synced = SyncBatchNorm(
+                child.num_features,
+                eps=child.eps,
+                momentum=child.momentum,
+                dim=1 if type(child) is nn.BatchNorm1d else 2,
+            )
+            synced.load_state_dict(child.state_dict())
+            synced.train(child.training)
+            setattr(parent, child_name, synced)
+            replaced[id(child)] = synced
+    return [replaced.get(id(module), module) for module in built]
+
+
 def sync_batch_norm(
     num_channels: int, dim: int = 2, *, eps: float = 1e-5, momentum: float | None = 0.1
 ) -> nn.Module:

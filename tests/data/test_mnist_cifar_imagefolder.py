@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from test_data import write_idx
 
-from normbench import runner
+from normbench import epochs
 from normbench.data import DATASETS, TensorData, cifar, idx_images, load_data, mnist, tensor_batches
 from normbench.data.augment import Augment, from_config
 from normbench.data.imagefolder import FolderData
@@ -592,7 +592,7 @@ def test_cifar10_run_with_augmentation_resumes_exactly(
     )
     assert record["setup"]["data_source"].endswith("cifar-10-batches-py")
 
-    real_evaluate, calls = runner.evaluate, {"n": 0}
+    real_evaluate, calls = epochs.evaluate, {"n": 0}
 
     def evaluate_then_interrupt(*a, **k):
         calls["n"] += 1
@@ -600,9 +600,9 @@ def test_cifar10_run_with_augmentation_resumes_exactly(
             raise KeyboardInterrupt
         return real_evaluate(*a, **k)
 
-    monkeypatch.setattr(runner, "evaluate", evaluate_then_interrupt)
+    monkeypatch.setattr(epochs, "evaluate", evaluate_then_interrupt)
     assert normbench(*args, out=tmp_path / "cut").code == 130
-    monkeypatch.setattr(runner, "evaluate", real_evaluate)
+    monkeypatch.setattr(epochs, "evaluate", real_evaluate)
     resumed = normbench(*args, out=tmp_path / "cut").record()
     strip = lambda history: [{k: v for k, v in h.items() if k != "train_seconds"} for h in history]  # noqa: E731
     assert strip(resumed["history"]) == strip(record["history"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normbench.results import build_table, load_runs, render
-from normbench.sweep import table_axes
+from normbench.study.formats import render
+from normbench.study.tables import build_table, load_runs, table_axes
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 SWEEPS = sorted(p.parent for p in RESULTS.glob("*/sweeps/*/sweep.yaml"))

@@ -17,8 +17,8 @@ from matplotlib.collections import PolyCollection
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from normbench import cli, runner
-from normbench.curves import (
+from normbench import cli, epochs
+from normbench.study.figures import (
     TEST_ERROR,
     TRAIN_LOSS,
     curves_figure,
@@ -27,7 +27,7 @@ from normbench.curves import (
     run_curves,
     seed_band,
 )
-from normbench.results import load_runs
+from normbench.study.tables import load_runs
 
 # 64 images: 4 steps per epoch at batch 16, 2 at batch 32; a train/loss point after every step.
 SMALL = [
@@ -121,8 +121,8 @@ def test_curves_equal_what_each_run_logged(grid):
     assert len(runs) == len(CELLS)
     for (norm, batch, seed), run in runs.items():
         curves = run_curves(run)
-        history = run.record["history"]
-        steps_per_epoch = run.record["setup"]["steps_per_epoch"]
+        history = run.record.history
+        steps_per_epoch = run.record.setup["steps_per_epoch"]
         assert steps_per_epoch == 64 // batch
         assert list(curves.test_error.index) == [h["epoch"] for h in history] == [1, 2]
         assert list(curves.test_error) == pytest.approx(
@@ -145,9 +145,7 @@ def test_seed_mean_and_min_max_band_and_figure_lines(grid):
     runs = runs_by_cell(grid)
     pair = [run_curves(runs[("bn", 16, seed)]) for seed in (0, 1)]
     band = seed_band([c.test_error for c in pair])
-    errors = [
-        [h["test_error"] for h in runs[("bn", 16, seed)].record["history"]] for seed in (0, 1)
-    ]
+    errors = [[h["test_error"] for h in runs[("bn", 16, seed)].record.history] for seed in (0, 1)]
     assert band.seeds == 2 and band.x == [1, 2]
     assert band.mean == pytest.approx([statistics.mean(v) for v in zip(*errors)], rel=1e-6)
     assert band.low == pytest.approx([min(v) for v in zip(*errors)], rel=1e-6)
@@ -254,7 +252,7 @@ def test_resumed_run_curve_has_each_step_once(normbench, monkeypatch, tmp_path):
     args = [*SMALL, "batch=16"]
     assert normbench("run", *args, out=tmp_path / "ref").code == 0
     calls = {"n": 0}
-    real_evaluate = runner.evaluate
+    real_evaluate = epochs.evaluate
 
     def evaluate_then_interrupt(*a, **k):
         calls["n"] += 1
@@ -262,9 +260,9 @@ def test_resumed_run_curve_has_each_step_once(normbench, monkeypatch, tmp_path):
             raise KeyboardInterrupt
         return real_evaluate(*a, **k)
 
-    monkeypatch.setattr(runner, "evaluate", evaluate_then_interrupt)
+    monkeypatch.setattr(epochs, "evaluate", evaluate_then_interrupt)
     assert normbench("run", *args, out=tmp_path / "cut").code == 130
-    monkeypatch.setattr(runner, "evaluate", real_evaluate)
+    monkeypatch.setattr(epochs, "evaluate", real_evaluate)
     resumed = normbench("run", *args, out=tmp_path / "cut")
     assert resumed.code == 0 and resumed.record()["status"] == "completed"
 

@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY
 
 from normbench.config import compose
-from normbench.sweep import default_name, expand
+from normbench.study.grid import default_name, expand
 
 GRID = ["norm=bn,gn", "batch=8,16"]
 

@@ -11,10 +11,13 @@ import shutil
 import pytest
 import yaml
 from conftest import TINY
+from omegaconf import OmegaConf
 
 from normbench import runner
 from normbench.errors import UserError
-from normbench.sweep import default_name, expand, table_axes
+from normbench.study.cells import CellComposer
+from normbench.study.grid import default_name, expand
+from normbench.study.tables import table_axes
 
 
 def _sweep(normbench, root, *args):
@@ -76,6 +79,21 @@ def test_bad_sweep_overrides_are_one_line_errors(overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
         expand(overrides)
     assert "\n" not in str(error.value)
+
+
+def test_cells_composed_from_a_shared_template_equal_hydras_compose_of_each_cell(cfg_of):
+    grid = expand(["norm=bn,gn", "batch=2,4", "lr=1e12,0.1", "+norm.foo=1,2", "norm.eps=1e-3"])
+    composer = CellComposer(grid, None)
+    assert composer.value_keys == {"batch", "lr", "+norm.foo"}
+    for cell in grid.cells:
+        (expected, choices), (cfg, cell_choices) = (
+            cfg_of(cell, with_choices=True),
+            composer.compose(cell),
+        )
+        assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(expected) and cell_choices == choices
+        assert OmegaConf.is_struct(cfg)
+    with pytest.raises(UserError, match="unknown config key 'norm.nosuch'"):
+        CellComposer(expand(["norm.nosuch=1,2"]), None).compose(["norm.nosuch=1"])
 
 
 def test_table_axes_follow_the_swept_keys():
@@ -167,15 +185,15 @@ def test_resume_trains_only_what_is_missing_and_writes_the_sweep_folder(
     removed = next(iter(records))
     shutil.rmtree(root / "runs" / removed)
     trained = []
-    real_run = runner.run
+    real_run = runner.run_planned
 
-    def counting(cfg, *args, **kwargs):
-        result = real_run(cfg, *args, **kwargs)
+    def counting(plan, *args, **kwargs):
+        result = real_run(plan, *args, **kwargs)
         if not result.skipped:
             trained.append(result.run_dir.name)
         return result
 
-    monkeypatch.setattr(runner, "run", counting)
+    monkeypatch.setattr(runner, "run_planned", counting)
     second = _sweep(normbench, root, "norm=bn,gn", "batch=8,16", "--name", "grid")
     assert second.code == 0, second.err
     assert trained == [removed]
@@ -214,14 +232,14 @@ def test_a_diverged_or_failing_cell_does_not_stop_the_sweep(normbench, tmp_path,
         and f"already diverged: {root / 'runs' / diverged_key} (epoch 1" in alone.out
     )
 
-    real_run = runner.run
+    real_run = runner.run_planned
 
-    def broken_for_gn(cfg, *args, **kwargs):
-        if cfg.norm.name == "gn":
+    def broken_for_gn(plan, *args, **kwargs):
+        if plan.cfg.norm.name == "gn":
             raise RuntimeError("boom\nsecond line")
-        return real_run(cfg, *args, **kwargs)
+        return real_run(plan, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run", broken_for_gn)
+    monkeypatch.setattr(runner, "run_planned", broken_for_gn)
     failed = _sweep(normbench, tmp_path / "other", "norm=gn,bn")
     assert failed.code == 0, failed.err
     assert "failed: norm=gn: RuntimeError: boom" in failed.err and "second line" not in failed.err
@@ -232,7 +250,7 @@ def test_interrupt_stops_the_sweep_with_exit_130(normbench, tmp_path, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run", interrupted)
+    monkeypatch.setattr(runner, "run_planned", interrupted)
     result = _sweep(normbench, tmp_path / "out", "norm=bn,gn")
     assert result.code == 130
     assert "rerun the same sweep command to resume" in result.err

@@ -13,8 +13,9 @@ import pytest
 from conftest import TINY
 
 from normbench.errors import UserError
-from normbench.plots import make_figure
-from normbench.results import build_table, to_csv, to_latex, to_markdown
+from normbench.study.figures import make_figure
+from normbench.study.formats import to_csv, to_latex, to_markdown
+from normbench.study.tables import build_table
 
 BASE_CONFIG = {"backbone": {"name": "lenet"}, "data": {"name": "synthetic"}, "accum": 1, "lr": 0.1}
 

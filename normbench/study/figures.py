@@ -1,10 +1,14 @@
-"""Training curves from each run's TensorBoard events (`normbench plot PATH --curves`), like the
-training curves of the GN and MABN papers: one panel per value of the column key (batch by default,
-ordered as in the table), one line per row value (norm) = mean over seeds with a light min..max
-band; train loss per logged step on top, test error per epoch below. Both use epochs on the x axis,
-since the number of steps per epoch differs between batch sizes. Runs are selected and grouped
-exactly as by `normbench table` (`load_runs` + `build_table`): only completed runs are drawn, and a
-sweep folder reads its own cells."""
+"""Figures from run records, drawn with matplotlib's Agg canvas (no display needed).
+
+Error vs batch size, like Figure 1 of the GroupNorm paper: one line per norm, log2 x axis, error
+bars = sample std over seeds. Training curves from each run's TensorBoard events (`normbench plot
+PATH --curves`), like those of the GN and MABN papers: one panel per value of the column key (batch
+by default, ordered as in the table), one line per row value (norm) = mean over seeds with a light
+min..max band; train loss per logged step on top, test error per epoch below. Both use epochs on the
+x axis, since the number of steps per epoch differs between batch sizes. Runs are selected and
+grouped exactly as by `normbench table` (`load_runs` + `build_table`): only completed runs are
+drawn, and a sweep folder reads its own cells.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,79 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .errors import UserError
-from .plots import save_png
-from .results import METRICS, Run, Table, build_table, load_runs, warn
+from ..errors import UserError
+from .tables import METRICS, Run, Table, build_table, load_runs, warn
 
-DEFAULT_NAME = "curves.png"
+DEFAULT_NAME = "error_vs_batch.png"
+CURVES_NAME = "curves.png"
 TRAIN_LOSS, TEST_ERROR = "train/loss", "epoch/test_error"  # tags written by normbench.runner
 EVENTS_GLOB = "events.out.tfevents.*"
+
+
+def make_figure(table: Table) -> Figure:
+    """The figure for a table (rows = lines, columns = x). Cells without a completed run are left
+    out."""
+    xs_all = table.cols
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in xs_all):
+        raise UserError(f"plot needs a positive numeric swept key; {table.cols_key} has {xs_all}")
+    fig = Figure(figsize=(6, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for row in table.rows:
+        points = sorted(
+            (x, table.cell(row, x)) for x in xs_all if table.cell(row, x).mean is not None
+        )
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        ys = [c.mean for _, c in points]
+        errs = [c.std or 0.0 for _, c in points]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(row))
+    ax.set_xscale("log", base=2)
+    ticks = sorted(xs_all)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
+    if table.cols_key == "batch":
+        # large batch on the left, shrinking to the right, as in the GN paper's Figure 1
+        ax.invert_xaxis()
+    ax.set_xlabel(
+        f"{table.cols_key} (images per device)" if table.cols_key == "batch" else table.cols_key
+    )
+    ax.set_ylabel(METRICS[table.metric][0])
+    ax.set_title(f"{METRICS[table.metric][0]} vs {table.cols_key} (mean ± std over seeds)")
+    ax.grid(True, alpha=0.3)
+    if ax.containers:
+        ax.legend(title=table.rows_key)
+    fig.tight_layout()
+    return fig
+
+
+def plot(
+    path: Path | str,
+    out: Path | str | None = None,
+    metric: str = "test_error",
+    rows: str = "norm",
+    cols: str = "batch",
+) -> Path:
+    """Build the table under PATH and write the figure (default PATH/error_vs_batch.png)."""
+    table = build_table(path, metric, rows, cols)
+    return save_png(make_figure(table), Path(out) if out is not None else Path(path) / DEFAULT_NAME)
+
+
+def save_png(fig: Figure, target: Path) -> Path:
+    """Write a figure as PNG; an unwritable place is a UserError naming it."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, format="png", dpi=150)
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}") from None
+    return target
 
 
 def event_files(tb_dir: Path) -> list[Path]:
@@ -35,6 +101,7 @@ def event_files(tb_dir: Path) -> list[Path]:
 def _read_file(file: Path) -> tuple[float, dict[str, dict[int, float]]] | None:
     """(wall time of the file's first event, {tag: {step: value}}), or None for a file without
     events (a writer killed before its first flush)."""
+    # deferred: tensorboard is a heavy import that only --curves needs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # 0 = keep every point, not a sample
@@ -87,7 +154,7 @@ def run_curves(run: Run) -> RunCurves | str:
     run_dir = run.path.parent
     if not event_files(run_dir / "tb"):
         return "no TensorBoard events in tb/"
-    steps_per_epoch = (run.record.get("setup") or {}).get("steps_per_epoch")
+    steps_per_epoch = (run.record.setup or {}).get("steps_per_epoch")
     if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
         return "no setup.steps_per_epoch in record.json"
     scalars = read_scalars(run_dir / "tb")
@@ -121,10 +188,26 @@ def seed_band(series: list[pd.Series]) -> Band:
 
 
 def _colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _draw_band(
+    ax: Any, band: Band, label: str, color: Any, width: float, marker: str | None
+) -> None:
+    """One line (mean over seeds) with its min..max band; a wide line is drawn underneath."""
+    ax.plot(
+        band.x,
+        band.mean,
+        color=color,
+        marker=marker,
+        markersize=3,
+        linewidth=width,
+        zorder=1.9 if width > 2 else 2,
+        label=label,
+    )
+    if band.seeds > 1:
+        ax.fill_between(band.x, band.low, band.high, color=color, alpha=0.18, linewidth=0)
 
 
 def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
@@ -155,20 +238,7 @@ def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
                 (top, seed_band([m.train_loss for m in members]), None),
                 (bottom, seed_band([m.test_error for m in members]), "o"),
             ):
-                ax.plot(
-                    band.x,
-                    band.mean,
-                    color=colors[row],
-                    marker=marker,
-                    markersize=3,
-                    linewidth=widths[row],
-                    zorder=1.9 if widths[row] > 2 else 2,
-                    label=str(row),
-                )
-                if band.seeds > 1:
-                    ax.fill_between(
-                        band.x, band.low, band.high, color=colors[row], alpha=0.18, linewidth=0
-                    )
+                _draw_band(ax, band, str(row), colors[row], widths[row], marker)
                 seed_counts.add(band.seeds)
         if not top.lines:
             top.text(
@@ -247,5 +317,5 @@ def plot_curves(
 ) -> Path:
     """Write the curves figure of PATH (default PATH/curves.png)."""
     return save_png(
-        curves_figure(path, rows, cols), Path(out) if out is not None else Path(path) / DEFAULT_NAME
+        curves_figure(path, rows, cols), Path(out) if out is not None else Path(path) / CURVES_NAME
     )

@@ -9,8 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .backbones import build_model
+from .config import compose
+from .fuse import eval_affine, fold_norms
 from .norms import NORMS, build_norm
 from .norms import reference as ref
+from .norms.ghost_batch_norm import ghost_sizes
 from .norms.scratch_bn import batch_norm as scratch_batch_norm
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
@@ -108,8 +112,6 @@ def _train_reference(name: str, module: nn.Module, act: bool, x: torch.Tensor) -
         zeros, ones = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
         return lambda t, p: ref.ref_brn_train(t, p, eps, zeros, ones, module.r_max, module.d_max)
     if name == "gbn":
-        from .norms.ghost_batch_norm import ghost_sizes
-
         return lambda t, p: ref.ref_gbn_train(
             t, p, eps, ghost_sizes(x.shape[0], module.ghost_batch)
         )
@@ -231,10 +233,6 @@ def _check_scratch_bn() -> str:
 
 def _check_folding(norm: str) -> Callable[[], str]:
     def run() -> str:
-        from .backbones import build_model
-        from .config import compose
-        from .fuse import fold_norms
-
         torch.manual_seed(0)
         model, _ = build_model(compose([f"norm={norm}"]))
         model.double().train()
@@ -275,8 +273,6 @@ def all_checks() -> list[Check]:
         Check("gn(groups=C) == in", ("gn", "in"), lambda: _check_gn_equals(lambda c: c, "in")),
         Check("d2l from-scratch batch_norm == nn.BatchNorm2d", ("bn",), _check_scratch_bn),
     ]
-    from .fuse import eval_affine
-
     for name in NORMS:
         probe = build_norm(name, 4).double().eval()
         if eval_affine(probe) is not None:

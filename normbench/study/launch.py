@@ -6,27 +6,43 @@ entry that launchers plug into): the joblib launcher runs them in N local worker
 submitit launchers run each as a SLURM job (or as a local subprocess with `submitit_local`). Hydra
 sweeps a single key, the cell's index in a table of the validated cells' overrides that the sweep
 writes to its launcher folder; each job composes its cell from that table and trains through
-`normbench.runner.run`, so completed runs are skipped and interrupted ones resume, as in a
-sequential sweep. A job never raises (Hydra would abort the whole multirun); its outcome lands in
-the run's record.json, which the sweep reads afterwards.
+`normbench.runner`, so completed runs are skipped and interrupted ones resume, as in a sequential
+sweep. A job never raises (Hydra would abort the whole multirun); its outcome lands in the run's
+record.json, which the sweep reads afterwards (study.cells.settle).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import hydra
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .errors import UserError
+from .. import log, runner
+from ..config import compose, compose_with_hydra, config_dir, search_path_overrides
+from ..errors import UserError
+from ..files import atomic_write_bytes
+from ..records import RunRecord, Status
+from .cells import Outcome, PlannedRun, release_memory, reset_state, settle
+from .grid import bare_key, key_of
 
+LOG = logging.getLogger(__name__)
 HYDRA_PREFIXES = ("hydra.", "hydra/", "+hydra.", "+hydra/", "~hydra.")
 LAUNCHER_EXTRA = {
     "submitit": "pip install 'normbench[slurm]' (hydra-submitit-launcher)",
     "joblib": "pip install hydra-joblib-launcher",
 }
+# the one key Hydra sweeps: the index of a cell in the sweep's cell table
+CELL_KEY = "normbench_cell"
+TABLE_KEY = "normbench_cells"  # the path of that table (cells.json in the launcher folder)
 
 
 def is_hydra_override(text: str) -> bool:
@@ -83,8 +99,6 @@ def check_launcher(
 ) -> None:
     """Compose once with the launcher settings so that a missing plugin or a bad launcher key is one
     clear line before anything starts."""
-    from .config import compose_with_hydra
-
     try:
         compose_with_hydra(first_cell + hydra_overrides, user_config_dir)
     except UserError as error:
@@ -95,9 +109,45 @@ def check_launcher(
         raise UserError(message) from None
 
 
-# the one key Hydra sweeps: the index of a cell in the sweep's cell table
-CELL_KEY = "normbench_cell"
-TABLE_KEY = "normbench_cells"  # the path of that table (cells.json in the launcher folder)
+def run_launched(
+    cells: list[PlannedRun],
+    given: list[str],
+    hydra_overrides: list[str],
+    launcher: str,
+    jobs: int,
+    sweep_dir: Path,
+    user_config_dir: str | None,
+) -> None:
+    """The cells not done yet through Hydra's multirun and the chosen launcher, then every cell's
+    outcome from its run record. `given`: the sweep's overrides as typed."""
+    done_before = {cell.run_dir for cell in cells if _is_final(RunRecord.load(cell.run_dir))}
+    todo = [index for index, cell in enumerate(cells) if cell.run_dir not in done_before]
+    LOG.info(
+        f"{len(cells)} cells ({len(done_before)} already done) through Hydra's {launcher} launcher"
+        + (f", {jobs} at a time" if launcher == "joblib" else "")
+        + f"; launcher files in {sweep_dir / 'launcher'}"
+    )
+    if todo:
+        keys = {bare_key(key_of(text)) for text in given}
+        # jobs may run elsewhere
+        extra = [f"out={quoted(Path(cells[0].cfg.out).expanduser().resolve())}"]
+        if not any(key == "log" or key.startswith("log.progress") for key in keys):
+            # N interleaved progress bars are noise; each job prints its end
+            extra.append("log.progress=none")
+        launch(
+            {index: cells[index].overrides + extra for index in todo},
+            hydra_overrides,
+            launcher,
+            jobs,
+            sweep_dir,
+            user_config_dir,
+        )
+    for cell in cells:
+        settle(cell, RunRecord.load(cell.run_dir), cell.run_dir in done_before)
+
+
+def _is_final(record: RunRecord | None) -> bool:
+    return record is not None and record.status.final
 
 
 def launch(
@@ -111,26 +161,10 @@ def launch(
     """Run the cells {index: overrides} (those not done yet) as Hydra jobs with the chosen launcher;
     returns when every job ended. Hydra sweeps only `+normbench_cell=<i>,<j>,...`: each job composes
     its cell from the table written here with normbench's own compose, so a job trains exactly the
-    config that `normbench.sweep.prepare` validated, and completed cells never become jobs."""
-    import json
-
-    import hydra
-    from hydra.core.global_hydra import GlobalHydra
-
-    from .config import _search_path_overrides, config_dir
-    from .files import atomic_write_bytes
-
+    config that `study.cells.prepare` validated, and completed cells never become jobs."""
     table = sweep_dir / "launcher" / "cells.json"
-    atomic_write_bytes(
-        table,
-        json.dumps(
-            {
-                "user_config_dir": user_config_dir,
-                "cells": {str(i): cell for i, cell in cells.items()},
-            },
-            indent=1,
-        ).encode(),
-    )
+    payload = {"user_config_dir": user_config_dir, "cells": {str(i): c for i, c in cells.items()}}
+    atomic_write_bytes(table, json.dumps(payload, indent=1).encode())
     argv = [
         "normbench-sweep",
         "--multirun",
@@ -138,7 +172,7 @@ def launch(
         f"+{TABLE_KEY}={quoted(table.resolve())}",
         *hydra_overrides,
         *launcher_settings(name, jobs, sweep_dir),
-        *_search_path_overrides(user_config_dir),
+        *search_path_overrides(user_config_dir),
     ]
     entry = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
         sweep_job
@@ -148,17 +182,16 @@ def launch(
     sys.argv = argv
     try:
         entry()
-    # Hydra reports its own errors and exits; turn that into our one line
-    except SystemExit as stop:
+    except SystemExit as stop:  # Hydra reports its own errors and exits; turn that into one line
         if stop.code not in (0, None):
             raise UserError(
-                f"the {name} launcher failed (exit {stop.code}); its output is above "
-                "and its files "
+                f"the {name} launcher failed (exit {stop.code}); its output is above and its files "
                 f"are in {sweep_dir / 'launcher'}"
             ) from None
     finally:
         sys.argv = saved_argv
         GlobalHydra.instance().clear()
+        log.configure()  # Hydra's logging config disabled normbench's loggers
 
 
 def _job_threads(launcher: DictConfig) -> int | None:
@@ -175,22 +208,9 @@ def _job_threads(launcher: DictConfig) -> int | None:
 def sweep_job(cfg: DictConfig) -> dict[str, Any]:
     """One cell inside a Hydra job (a joblib worker, a SLURM task, a submitit subprocess): compose
     the cell named by `normbench_cell` from the sweep's cell table and train it. Never raises: Hydra
-    would stop the whole multirun at the first failed job."""
-    import json
-
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
-    from .config import compose
-    from .runner import run as run_one
-    from .sweep import reset_state
-
-    # read before compose, which resets Hydra's globals
-    threads = _job_threads(HydraConfig.get().launcher)
-
-    def echo(line: str) -> None:
-        print(line, flush=True)
-
+    would stop the whole multirun at the first failed job. Every line goes to the job's stdout."""
+    log.configure()  # a worker process did not run the CLI's main
+    threads = _job_threads(HydraConfig.get().launcher)  # before compose resets Hydra's globals
     label = f"cell {cfg[CELL_KEY]}"
     try:
         table = json.loads(Path(cfg[TABLE_KEY]).read_text())
@@ -201,18 +221,20 @@ def sweep_job(cfg: DictConfig) -> dict[str, Any]:
         if threads:
             torch.set_num_threads(threads)
         reset_state(int(cell.seed))
-        result = run_one(cell, choices, overrides, user_config_dir)
+        try:
+            result = runner.run(cell, choices, overrides, user_config_dir)
+        finally:  # a worker process may train the next job
+            release_memory()
     except UserError as error:
-        echo(f"failed: {label}: {error}")
-        return {"status": "failed", "error": str(error)}
+        LOG.info(f"failed: {label}: {error}")
+        return {"status": Status.FAILED.value, "error": str(error)}
     except Exception as error:  # the runner recorded it as failed in record.json
-        echo(f"failed: {label}: {type(error).__name__}: {error}")
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-    status = "skipped" if result.skipped else result.record.get("status")
-    metrics = result.record.get("metrics") or {}
-    error = metrics.get("test_error")
-    echo(
+        LOG.info(f"failed: {label}: {type(error).__name__}: {error}")
+        return {"status": Status.FAILED.value, "error": f"{type(error).__name__}: {error}"}
+    status = Outcome.SKIPPED.value if result.skipped else result.record.status.value
+    test_error = result.record.metrics.get("test_error")
+    LOG.info(
         f"{status}: {result.run_dir.name}"
-        + (f"  test_error {error:.2f}%" if isinstance(error, float) else "")
+        + (f"  test_error {test_error:.2f}%" if isinstance(test_error, float) else "")
     )
     return {"status": status, "run_dir": str(result.run_dir)}
