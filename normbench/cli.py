@@ -42,10 +42,8 @@ def run(
     config_dir: Path | None = typer.Option(
         None,
         "--config-dir",
-        help="Extra folder of config groups "
-        "(e.g. DIR/norm/mine.yaml), searched before "
-        "the shipped ones. "
-        "Also NORMBENCH_CONFIG_DIR.",
+        help="Extra folder of config groups (e.g. DIR/norm/mine.yaml), searched before the "
+        "shipped ones. Also NORMBENCH_CONFIG_DIR.",
     ),
     force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
@@ -76,20 +74,17 @@ def run(
         where = record.diverged_at or {}
         typer.echo(
             f"already diverged: {result.run_dir} (epoch {where.get('epoch')}, step "
-            f"{where.get('step')}); "
-            f"--force trains it again"
+            f"{where.get('step')}); --force trains it again"
         )
     elif result.skipped:
         typer.echo(
-            f"already completed: {result.run_dir} (test_error "
-            f"{metrics.get('test_error'):.2f}%); "
-            f"--force trains it again"
+            f"already completed: {result.run_dir} (test_error {metrics.get('test_error'):.2f}%); "
+            "--force trains it again"
         )
     elif record.status is Status.COMPLETED:
         typer.echo(
-            f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  "
-            f"test_acc {metrics['test_acc']:.4f}  best_test_error "
-            f"{metrics['best_test_error']:.2f}%  "
+            f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  test_acc "
+            f"{metrics['test_acc']:.4f}  best_test_error {metrics['best_test_error']:.2f}%  "
             f"{record.timing['train_seconds']:.1f}s"
         )
     else:
@@ -102,25 +97,21 @@ def sweep(
     name: str | None = typer.Option(
         None,
         "--name",
-        help="Folder name under <out>/sweeps/ "
-        "(default: from the "
-        "swept keys and values, e.g. norm-bn,gn_batch-2,4).",
+        help="Folder name under <out>/sweeps/ (default: from the swept keys and values, e.g. "
+        "norm-bn,gn_batch-2,4).",
     ),
     config_dir: Path | None = typer.Option(
         None,
         "--config-dir",
-        help="Extra folder of config groups "
-        "(e.g. DIR/norm/mine.yaml), searched before "
-        "the shipped ones. "
-        "Also NORMBENCH_CONFIG_DIR.",
+        help="Extra folder of config groups (e.g. DIR/norm/mine.yaml), searched before the "
+        "shipped ones. Also NORMBENCH_CONFIG_DIR.",
     ),
     jobs: int = typer.Option(
         1,
         "--jobs",
         "-j",
-        help="Cells trained at once in local worker "
-        "processes (Hydra's "
-        "joblib launcher); torch threads are split between them.",
+        help="Cells trained at once in local worker processes (Hydra's joblib launcher); torch "
+        "threads are split between them.",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
 ) -> None:
@@ -264,18 +255,15 @@ def plot(
     cols: str = typer.Option(
         "batch",
         "--cols",
-        help="Config key for the x axis, or for the "
-        "panels with --curves "
-        "(e.g. batch, accum, norm.groups).",
+        help="Config key for the x axis, or for the panels with --curves (e.g. batch, accum, "
+        "norm.groups).",
     ),
     curves: bool = typer.Option(
         False,
         "--curves",
-        help="Training curves from the runs' "
-        "TensorBoard events instead: "
-        "one panel per --cols value, train loss and test error vs "
-        "epoch, one line per "
-        "--rows value (mean over seeds, band = min..max).",
+        help="Training curves from the runs' TensorBoard events instead: one panel per --cols "
+        "value, train loss and test error vs epoch, one line per --rows value (mean over seeds, "
+        "band = min..max).",
     ),
 ) -> None:
     """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds (or
@@ -287,9 +275,8 @@ def plot(
     if curves:
         if metric != "test_error":
             raise UserError(
-                "--metric chooses the error-vs-batch figure's y; --curves always "
-                "draws train loss "
-                "and test error: drop one of the two options"
+                "--metric chooses the error-vs-batch figure's y; --curves always draws train "
+                "loss and test error: drop one of the two options"
             )
         typer.echo(f"wrote {plot_curves(path, out, rows, cols)}")
         return
@@ -308,10 +295,8 @@ def bench(
     norms: str | None = typer.Option(
         None,
         "--norms",
-        help="Norms of the norms section, comma "
-        "list "
-        "(default every registered norm; bn is always "
-        "measured, the reference).",
+        help="Norms of the norms section, comma list (default every registered norm; bn is "
+        "always measured, the reference).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Write every measurement as JSON to this file."

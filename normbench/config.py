@@ -83,6 +83,26 @@ def compose(
     return (cfg, choices) if with_choices else cfg
 
 
+def flat_config(
+    overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """`flatten(compose(overrides, user_config_dir))`, kept per process like compose's configs but
+    without copying a DictConfig per call (a sweep asks for a baseline once per cell)."""
+    overrides = tuple(overrides)
+    search_path = tuple(search_path_overrides(user_config_dir))
+    if any("searchpath" in override for override in overrides):
+        return flatten(_run_config(overrides, search_path)[0])
+    return dict(_cached_flat_config(overrides, search_path, _fingerprint(search_path)))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_flat_config(
+    overrides: tuple[str, ...], search_path: tuple[str, ...], fingerprint: tuple
+) -> dict[str, Any]:
+    """flat_config's cache; read-only for callers (flat_config hands out a copy)."""
+    return flatten(_cached_run_config(overrides, search_path, fingerprint)[0])
+
+
 def _run_config(
     overrides: tuple[str, ...], search_path: tuple[str, ...]
 ) -> tuple[DictConfig, dict[str, str]]:

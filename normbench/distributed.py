@@ -110,9 +110,8 @@ def process_device(device: torch.device) -> torch.device:
         return device
     if device.index is not None:
         raise UserError(
-            f"device={device} names one GPU, but under torchrun each process takes "
-            "GPU LOCAL_RANK: "
-            f"use device=cuda (or auto)"
+            f"device={device} names one GPU, but under torchrun each process takes GPU "
+            "LOCAL_RANK: use device=cuda (or auto)"
         )
     local = _env_int("LOCAL_RANK")
     if local >= torch.cuda.device_count():

@@ -49,9 +49,8 @@ def check_keys(cfg: DictConfig) -> None:
     value = cfg.get("compile", False)
     if not (isinstance(value, bool) or (isinstance(value, str) and value in COMPILE_MODES)):
         raise UserError(
-            "compile must be false, true, reduce-overhead or max-autotune, got "
-            f"{value!r}: "
-            f"e.g. compile=true"
+            f"compile must be false, true, reduce-overhead or max-autotune, got {value!r}: e.g. "
+            "compile=true"
         )
 
 

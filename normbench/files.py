@@ -85,9 +85,8 @@ def claim_run(run_dir: Path) -> RunClaim:
             os.close(fd)
             raise RunBusy(
                 f"{run_dir} is being trained by another "
-                f"process{f' (pid {holder})' if holder else ''}; "
-                "skipped: let that one finish (rerunning afterwards skips or "
-                "resumes the run)"
+                f"process{f' (pid {holder})' if holder else ''}; skipped: let that one finish "
+                "(rerunning afterwards skips or resumes the run)"
             ) from None
         # the previous holder deletes the file on release: a lock on that orphaned inode claims
         # nothing

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import distributed
-from .config import IDENTITY_KEYS, changes_results, compose, flatten
+from .config import IDENTITY_KEYS, changes_results, flat_config, flatten
 from .files import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,8 +53,8 @@ def non_default_settings(
     """Settings that differ from the defaults of the chosen backbone/norm/data/optim configs,
     leaving out the keys already in the run key and those that never change results (out, device,
     log)."""
-    baseline = flatten(
-        compose([f"{group}={option}" for group, option in choices.items()], user_config_dir)
+    baseline = flat_config(
+        [f"{group}={option}" for group, option in choices.items()], user_config_dir
     )
     skip = set(IDENTITY_KEYS)
     differ = {}

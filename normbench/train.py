@@ -50,9 +50,9 @@ def train_epoch(
     """`steps` SGD steps of `accum` micro-batches each, taken from `batches` (which must yield at
     least steps * accum, e.g. `data.train_batches(batch, steps * accum, generator)`).
     `lr_at(first_step + step)` sets the lr of each step. Micro-batches are on the model's device
-    already. `average` (data-parallel runs, normbench.distributed.averager) gives the mean over
-    processes of the loss/accuracy sums at each read, so the logged values cover every process and
-    all of them see the same finite flag. `autocast` gives the context of each forward and loss
+    already. `average` (data-parallel runs, normbench.distributed.Session.average) gives the mean
+    over processes of the loss/accuracy sums at each read, so the logged values cover every process
+    and all of them see the same finite flag. `autocast` gives the context of each forward and loss
     (normbench.fastpath: bf16 autocast with amp=true); backward runs outside."""
     # long: the training step stays one piece that reads top to bottom (nanoGPT style); 20 of its
     # lines are the signature and docstring

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import BACKBONES, INITS, build_model
-from .config import compose
+from .config import flat_config
 from .data import DATASETS
 from .distributed import resolve_device
 from .errors import UserError
@@ -49,7 +49,7 @@ def check_no_targets(cfg: DictConfig) -> None:
 
 def check_known_keys(cfg: DictConfig) -> None:
     """Every top-level key is one of the default config's (or `experiment`)."""
-    allowed = set(compose().keys())
+    allowed = {key.split(".")[0] for key in flat_config()}
     for key in cfg.keys():
         if key not in allowed and key != "experiment":
             raise UserError(
@@ -61,8 +61,7 @@ def check_known_keys(cfg: DictConfig) -> None:
 def _registered(kind: str, name: Any, registry: dict, listing: str) -> None:
     if name not in registry:
         raise UserError(
-            f"unknown {kind} {name!r}{did_you_mean(str(name), registry)}; choose one "
-            "of: "
+            f"unknown {kind} {name!r}{did_you_mean(str(name), registry)}; choose one of: "
             f"{', '.join(registry)} (normbench list {listing})"
         )
 
@@ -143,10 +142,9 @@ def check_sync_bn(cfg: Any) -> None:
     spec = NORMS.get(name)
     if sync and spec is not None and spec.batch_dependent and not spec.syncable:
         raise UserError(
-            f"sync_bn=true cannot synchronise norm={name}: its batch statistics are "
-            "computed by its "
-            "own layer, which has no cross-process form; use norm=bn (or "
-            "syncbn) or sync_bn=false"
+            f"sync_bn=true cannot synchronise norm={name}: its batch statistics are computed by "
+            "its own layer, which has no cross-process form; use norm=bn (or syncbn) or "
+            "sync_bn=false"
         )
 
 
@@ -157,9 +155,8 @@ def check_batch_statistics(cfg: DictConfig) -> None:
             name for name, spec in NORMS.items() if not spec.batch_dependent and name != "none"
         )
         raise UserError(
-            f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 "
-            "does not have: "
-            f"use batch>=2 or a batch-independent norm ({batch_free})"
+            f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 does not "
+            f"have: use batch>=2 or a batch-independent norm ({batch_free})"
         )
 
 

@@ -369,10 +369,8 @@ def test_a_run_claimed_by_a_live_process_is_skipped_and_freed_when_that_process_
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; "
-            "from normbench.files import claim_run; claim = "
-            "claim_run(Path(sys.argv[1])); "
-            "print('held', flush=True); time.sleep(120)",
+            "import sys, time; from pathlib import Path; from normbench.files import claim_run; "
+            "claim = claim_run(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)",
             str(run_dir),
         ],
         env=ENV,

@@ -97,36 +97,31 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
     "resnet20": BackboneSpec(
         _resnet20,
-        "CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 basic blocks, "
-        "16/32/64 channels, "
-        "zero-padding shortcuts; 269,722 params (BN, 10 classes)",
+        "CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 basic blocks, 16/32/64 "
+        "channels, zero-padding shortcuts; 269,722 params (BN, 10 classes)",
         "any channels, images >= 5 px (32 in the paper); no stem downsampling",
     ),
     "resnet56": BackboneSpec(
         _resnet56,
-        "CIFAR ResNet-56 (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks, "
-        "16/32/64 channels, "
-        "zero-padding shortcuts; 853,018 params (BN, 10 classes)",
+        "CIFAR ResNet-56 (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks, 16/32/64 "
+        "channels, zero-padding shortcuts; 853,018 params (BN, 10 classes)",
         "any channels, images >= 5 px (32 in the paper); no stem downsampling",
     ),
     "resnet18": BackboneSpec(
         _resnet18,
-        "ResNet-18 (He et al. 2016), torchvision's layout; 11,173,962 params (BN, 10 "
-        "classes; "
+        "ResNet-18 (He et al. 2016), torchvision's layout; 11,173,962 params (BN, 10 classes; "
         "ImageNet stem: 11,181,642 = torchvision's)",
         "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool",
     ),
     "resnet50": BackboneSpec(
         _resnet50,
-        "ResNet-50 (He et al. 2016), torchvision's layout; 23,520,842 params (BN, 10 "
-        "classes; "
+        "ResNet-50 (He et al. 2016), torchvision's layout; 23,520,842 params (BN, 10 classes; "
         "ImageNet stem: 23,528,522 = torchvision's)",
         "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool",
     ),
     "shufflenet_v2": BackboneSpec(
         build_shufflenet_v2,
-        "ShuffleNet V2 (Ma et al. 2018), backbone.width 0.5/1.0/1.5/2.0: "
-        "352,042 / 1,263,854 / "
+        "ShuffleNet V2 (Ma et al. 2018), backbone.width 0.5/1.0/1.5/2.0: 352,042 / 1,263,854 / "
         "2,488,874 / 5,365,486 params (BN, 10 classes; = torchvision's)",
         "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 3x3/2 stem + max-pool",
     ),

@@ -43,9 +43,8 @@ class NormChoice:
         # build_norm would take it as its layer argument, not as an option
         if "act" in self.options:
             raise NormConfigError(
-                f"norm {self.name!r} has no option act: whether a norm keeps "
-                "its own activation "
-                f"is decided by the backbone at each position, not by the config"
+                f"norm {self.name!r} has no option act: whether a norm keeps its own activation "
+                "is decided by the backbone at each position, not by the config"
             )
 
     def __call__(self, num_channels: int, dim: int = 2, *, act: bool = True) -> nn.Module:

@@ -199,10 +199,9 @@ def zero_init_last_norms(backbone: str, blocks: Iterable[nn.Module], norm_layer:
         weight = getattr(block.last_norm, "weight", None)
         if not isinstance(weight, nn.Parameter):
             raise ValueError(
-                "backbone.zero_init_residual=true sets the scale (gamma, `weight`) of "
-                "the last norm in each "
-                f"residual block to 0, but norm={norm_layer.name} has no learnable scale there "
-                f"({type(block.last_norm).__name__}) in {backbone}: set "
+                "backbone.zero_init_residual=true sets the scale (gamma, `weight`) of the last "
+                f"norm in each residual block to 0, but norm={norm_layer.name} has no learnable "
+                f"scale there ({type(block.last_norm).__name__}) in {backbone}: set "
                 "backbone.zero_init_residual=false"
             )
         with torch.no_grad():
@@ -240,8 +239,7 @@ def check_final_size(
         hint = f" or {alternative}" if alternative else ""
         raise ValueError(
             f"{backbone} downsamples {total_stride}x: {image_size} px images leave a "
-            f"{side}x{side} "
-            f"final feature map; use images of at least {total_stride + 1} px{hint}"
+            f"{side}x{side} final feature map; use images of at least {total_stride + 1} px{hint}"
         )
 
 

@@ -99,9 +99,8 @@ class CifarResNet(nn.Module):
         blocks_per_stage = check_depth(depth)
         if shortcut not in SHORTCUTS:
             raise ValueError(
-                f"unknown CIFAR ResNet shortcut {shortcut!r}; choose A (zero-padding "
-                "identity, the "
-                f"paper's CIFAR choice) or B (1x1 projection conv + norm)"
+                f"unknown CIFAR ResNet shortcut {shortcut!r}; choose A (zero-padding identity, "
+                "the paper's CIFAR choice) or B (1x1 projection conv + norm)"
             )
         self.depth = depth
         self.conv1 = he_conv(in_channels, 16, 3, padding=1, bias=norm_layer.conv_bias)

@@ -167,11 +167,9 @@ def build_shufflenet_v2(
     width = check_width(options.get("width", 1.0))
     if zero_init_residual("shufflenet_v2", options):
         raise ValueError(
-            "backbone.zero_init_residual=true is for ResNets: shufflenet_v2 has no "
-            "residual addition "
-            "(its units concatenate), and a zero scale before its ReLUs "
-            "would stop the branch "
-            "from training; set backbone.zero_init_residual=false"
+            "backbone.zero_init_residual=true is for ResNets: shufflenet_v2 has no residual "
+            "addition (its units concatenate), and a zero scale before its ReLUs would stop the "
+            "branch from training; set backbone.zero_init_residual=false"
         )
     small = resolve_stem("shufflenet_v2", options.get("stem", "auto"), image_size)
     check_final_size(

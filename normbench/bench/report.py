@@ -22,9 +22,8 @@ def print_machine(info: dict[str, Any], echo: Echo) -> None:
     omp = f", OMP_NUM_THREADS={info['omp_num_threads']}" if info["omp_num_threads"] else ""
     echo(
         f"machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} with "
-        f"{info['torch_threads']} "
-        f"threads{omp}{gpu}; device {info['device']}; load average at start "
-        f"{loads(info['load_average_start'])}"
+        f"{info['torch_threads']} threads{omp}{gpu}; device {info['device']}; load average at "
+        f"start {loads(info['load_average_start'])}"
     )
 
 
@@ -32,11 +31,9 @@ def print_load(results: dict[str, Any], echo: Echo) -> None:
     """The closing line: load averages at start and end (noisy timings if the CPU was shared)."""
     info = results["machine"]
     echo(
-        "\nload average (1, 5, 15 min) at start "
-        f"{loads(info['load_average_start'])}, at end "
-        f"{loads(info['load_average_end'])} on "
-        f"{info['cpu_count']} CPUs "
-        f"(a load at the start means other processes were using the CPU: timings are then noisy); "
+        f"\nload average (1, 5, 15 min) at start {loads(info['load_average_start'])}, at end "
+        f"{loads(info['load_average_end'])} on {info['cpu_count']} CPUs (a load at the start "
+        "means other processes were using the CPU: timings are then noisy); "
         f"{results['seconds']:.0f} s in all"
     )
 
@@ -59,8 +56,7 @@ def print_loop(result: dict[str, Any], echo: Echo) -> None:
     for row in result["rows"]:
         sec = row["seconds"]
         over = (
-            f"{row['normbench_over_minimal_wall']:.3f}, "
-            f"{row['normbench_over_minimal_cpu']:.3f} "
+            f"{row['normbench_over_minimal_wall']:.3f}, {row['normbench_over_minimal_cpu']:.3f} "
             f"(<= {row['target_over_minimal']:.2f} {verdict(row['pass_over_minimal'])})"
         )
         speed = f"{row['dataloader_over_normbench']:.2f}x"
@@ -70,8 +66,7 @@ def print_loop(result: dict[str, Any], echo: Echo) -> None:
             )
         echo(
             f"{row['batch']:>5} {row['images']:>7} {sec['normbench']:>9.2f}s "
-            f"{sec['minimal']:>8.2f}s "
-            f"{sec['dataloader']:>10.2f}s   {over:<38} {speed:<22}"
+            f"{sec['minimal']:>8.2f}s {sec['dataloader']:>10.2f}s   {over:<38} {speed:<22}"
         )
     judged = (
         "process CPU time"
@@ -80,8 +75,7 @@ def print_loop(result: dict[str, Any], echo: Echo) -> None:
     )
     echo(
         f"seconds: wall clock per epoch; normbench/minimal judged on {judged}; "
-        "DataLoader/normbench on wall time "
-        f"(the DataLoader works in other processes)"
+        "DataLoader/normbench on wall time (the DataLoader works in other processes)"
     )
 
 
@@ -107,8 +101,7 @@ def print_norms(result: dict[str, Any], echo: Echo) -> None:
         line = (
             f"{row['norm']:<11} {row['ms_per_step']:>9.2f} {row['over_bn_wall']:>6.2f} "
             f"{row['cpu_ms_per_step']:>9.2f} {row['over_bn_cpu']:>6.2f} "
-            f"{verdict(row['pass']):>4}  "
-            f"{row['saved_mb']:>9.1f} {row['saved_over_bn']:>6.2f}"
+            f"{verdict(row['pass']):>4}  {row['saved_mb']:>9.1f} {row['saved_over_bn']:>6.2f}"
         )
         if cuda:
             line += f"  {row['peak_mb']:>8.1f} {row['peak_over_bn']:>6.2f}"
@@ -116,8 +109,7 @@ def print_norms(result: dict[str, Any], echo: Echo) -> None:
     judged = "process CPU time" if result["judged_on"] == "cpu" else "wall time"
     echo(
         f"PASS/MISS on {judged}; saved MB: distinct tensors autograd keeps for backward "
-        "(activations, no "
-        f"parameters)"
+        "(activations, no parameters)"
         + (
             "; peak MB: CUDA peak allocated during a step above the allocation before it"
             if cuda
@@ -128,14 +120,12 @@ def print_norms(result: dict[str, Any], echo: Echo) -> None:
 
 def print_fold(result: dict[str, Any], echo: Echo) -> None:
     echo(
-        "\n== eval latency, norms folded into the conv/linear before them (normbench.fuse) "
-        "vs not; median of "
-        f"{result['repeats']} interleaved forwards"
+        "\n== eval latency, norms folded into the conv/linear before them (normbench.fuse) vs "
+        f"not; median of {result['repeats']} interleaved forwards"
     )
     echo(
         f"{'backbone':<10} {'norm':<5} {'batch':>5} {'folded':>7} {'unfolded ms':>12} "
-        f"{'folded ms':>10} "
-        f"{'speed-up':>9} {'max |diff|':>11}"
+        f"{'folded ms':>10} {'speed-up':>9} {'max |diff|':>11}"
     )
     for row in result["rows"]:
         echo(

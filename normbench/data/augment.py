@@ -83,9 +83,8 @@ def from_config(cfg: Any, fill: list[float], image_size: int) -> Augment | None:
     flip = cfg_bool(cfg, "flip", False)
     if padding >= image_size:
         raise UserError(
-            f"data.crop_padding={padding} is not smaller than the {image_size}-px "
-            "images: "
-            f"use e.g. data.crop_padding=4"
+            f"data.crop_padding={padding} is not smaller than the {image_size}-px images: use "
+            "e.g. data.crop_padding=4"
         )
     if not enabled or (padding == 0 and not flip):
         return None

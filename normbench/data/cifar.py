@@ -134,16 +134,14 @@ def download(root: Path, spec: CifarSet) -> Path:
     except Exception as e:  # network, disk, checksum: all fixable by the user
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
-            f"downloading {spec.title} into {root} failed ({message}): check the "
-            "network, or "
-            f"put {spec.folder}/ (from another machine) in data.root=DIR"
+            f"downloading {spec.title} into {root} failed ({message}): check the network, or put "
+            f"{spec.folder}/ (from another machine) in data.root=DIR"
         ) from None
     folder = find_folder(root, spec)
     if folder is None:
         raise UserError(
-            f"torchvision downloaded {spec.title} but {root / spec.folder} lacks its "
-            "batch files: "
-            "delete that folder and retry"
+            f"torchvision downloaded {spec.title} but {root / spec.folder} lacks its batch "
+            "files: delete that folder and retry"
         )
     return folder
 
@@ -174,9 +172,8 @@ def read_split(
     expected = EXPECTED_COUNTS[split]
     if data.shape[0] != expected:
         raise UserError(
-            f"{folder}: {data.shape[0]} {split} images where {spec.title} has "
-            f"{expected}: "
-            f"delete the folder and re-download it (data.download=true)"
+            f"{folder}: {data.shape[0]} {split} images where {spec.title} has {expected}: delete "
+            "the folder and re-download it (data.download=true)"
         )
     # rows: 1024 R, 1024 G, 1024 B
     images = torch.from_numpy(data).view(-1, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)

@@ -30,8 +30,7 @@ from normbench.errors import UserError
 from normbench.values import bad_value, is_number
 
 DESCRIPTION = (
-    "image folders in the ImageNet layout (data.path with train/ and val/ class "
-    "sub-folders, "
+    "image folders in the ImageNet layout (data.path with train/ and val/ class sub-folders, "
     "e.g. Imagenette), read by DataLoader workers"
 )
 
@@ -274,9 +273,8 @@ def folder_root(cfg: Any) -> Path:
     path = cfg_get(cfg, "path")
     if path is None:
         raise UserError(
-            "data=imagefolder needs data.path=DIR: a folder with train/ and val/, "
-            "each holding one "
-            "sub-folder of images per class (ImageNet/Imagenette layout)"
+            "data=imagefolder needs data.path=DIR: a folder with train/ and val/, each holding "
+            "one sub-folder of images per class (ImageNet/Imagenette layout)"
         )
     root = Path(str(path)).expanduser()
     if not root.is_dir():
@@ -310,14 +308,12 @@ def scan_splits(
     if val_classes != classes:
         only = sorted(set(classes) ^ set(val_classes))[:3]
         raise UserError(
-            f"{root}: train/ and val/ have different class folders (e.g. "
-            f"{', '.join(only)}): "
+            f"{root}: train/ and val/ have different class folders (e.g. {', '.join(only)}): "
             "give both the same classes"
         )
     if num_classes != len(classes):
         raise UserError(
-            f"{root}/train has {len(classes)} class folders but "
-            f"data.num_classes={num_classes}: "
+            f"{root}/train has {len(classes)} class folders but data.num_classes={num_classes}: "
             f"set data.num_classes={len(classes)}"
         )
     return train_samples, test_samples

@@ -68,9 +68,8 @@ class NormSpec:
 NORMS: dict[str, NormSpec] = {
     "bn": NormSpec(
         batch_norm,
-        "Batch Normalization (Ioffe & Szegedy, ICML 2015): per channel "
-        "over (N, H, W) "
-        "of the batch, running statistics in eval",
+        "Batch Normalization (Ioffe & Szegedy, ICML 2015): per channel over (N, H, W) of the "
+        "batch, running statistics in eval",
         True,
         False,
         True,
@@ -78,36 +77,32 @@ NORMS: dict[str, NormSpec] = {
     ),
     "ln": NormSpec(
         layer_norm,
-        "Layer Normalization (Ba et al., 2016) as in the GN paper: each "
-        "sample over "
-        "(C, H, W), per-channel affine",
+        "Layer Normalization (Ba et al., 2016) as in the GN paper: each sample over (C, H, W), "
+        "per-channel affine",
         False,
         False,
         True,
     ),
     "in": NormSpec(
         instance_norm,
-        "Instance Normalization (Ulyanov et al., 2016): each sample and "
-        "channel over "
-        "(H, W); no norm on fully connected layers",
+        "Instance Normalization (Ulyanov et al., 2016): each sample and channel over (H, W); no "
+        "norm on fully connected layers",
         False,
         False,
         False,
     ),
     "gn": NormSpec(
         group_norm,
-        "Group Normalization (Wu & He, ECCV 2018): each sample over groups "
-        "of C/G "
-        "channels and (H, W)",
+        "Group Normalization (Wu & He, ECCV 2018): each sample over groups of C/G channels and "
+        "(H, W)",
         False,
         False,
         True,
     ),
     "frn": NormSpec(
         filter_response_norm,
-        "Filter Response Normalization + TLU (Singh & Krishnan, "
-        "CVPR 2020): "
-        "x / sqrt(mean_HW(x^2) + eps), affine, max(y, tau)",
+        "Filter Response Normalization + TLU (Singh & Krishnan, CVPR 2020): x / "
+        "sqrt(mean_HW(x^2) + eps), affine, max(y, tau)",
         False,
         True,
         True,
@@ -115,10 +110,8 @@ NORMS: dict[str, NormSpec] = {
     "none": NormSpec(identity, "No normalization (identity): the baseline", False, False, True),
     "mabn": NormSpec(
         moving_average_batch_norm,
-        "Moving Average Batch Normalization (Yan et al., "
-        "ICLR 2020): "
-        "centering-free BN with moving-average forward/backward statistics, "
-        "every conv centred",
+        "Moving Average Batch Normalization (Yan et al., ICLR 2020): centering-free BN with "
+        "moving-average forward/backward statistics, every conv centred",
         True,
         False,
         True,
@@ -126,10 +119,8 @@ NORMS: dict[str, NormSpec] = {
     ),
     "syncbn": NormSpec(
         sync_batch_norm,
-        "Synchronized BN (cross-GPU BN, Peng et al., MegDet, CVPR "
-        "2018) via "
-        "nn.SyncBatchNorm: BN statistics over all processes' batches; one "
-        "process: exactly BN",
+        "Synchronized BN (cross-GPU BN, Peng et al., MegDet, CVPR 2018) via nn.SyncBatchNorm: BN "
+        "statistics over all processes' batches; one process: exactly BN",
         True,
         False,
         True,
@@ -137,8 +128,7 @@ NORMS: dict[str, NormSpec] = {
     ),
     "brn": NormSpec(
         batch_renorm,
-        "Batch Renormalization (Ioffe, NeurIPS 2017): BN corrected "
-        "towards the running "
+        "Batch Renormalization (Ioffe, NeurIPS 2017): BN corrected towards the running "
         "statistics by clipped r, d (warm-up from BN)",
         True,
         False,
@@ -146,36 +136,32 @@ NORMS: dict[str, NormSpec] = {
     ),
     "gbn": NormSpec(
         ghost_batch_norm,
-        "Ghost Batch Normalization (Hoffer et al., NeurIPS 2017): "
-        "BN statistics "
-        "over virtual batches of ghost_batch images",
+        "Ghost Batch Normalization (Hoffer et al., NeurIPS 2017): BN statistics over virtual "
+        "batches of ghost_batch images",
         True,
         False,
         True,
     ),
     "evonorm_b0": NormSpec(
         evonorm_b0,
-        "EvoNorm-B0 (Liu et al., NeurIPS 2020): x / max(batch std, "
-        "v*x + "
-        "instance std), affine; replaces norm + activation; no norm on fc layers",
+        "EvoNorm-B0 (Liu et al., NeurIPS 2020): x / max(batch std, v*x + instance std), affine; "
+        "replaces norm + activation; no norm on fc layers",
         True,
         True,
         False,
     ),
     "evonorm_s0": NormSpec(
         evonorm_s0,
-        "EvoNorm-S0 (Liu et al., NeurIPS 2020): x * sigmoid(v*x) / "
-        "group std "
-        "(GN's groups), affine; replaces norm + activation",
+        "EvoNorm-S0 (Liu et al., NeurIPS 2020): x * sigmoid(v*x) / group std (GN's groups), "
+        "affine; replaces norm + activation",
         False,
         True,
         True,
     ),
     "gn_ws": NormSpec(
         gn_ws,
-        "Group Normalization + Weight Standardization (Qiao et al., 2019): "
-        "GN, and every "
-        "conv's filters standardized",
+        "Group Normalization + Weight Standardization (Qiao et al., 2019): GN, and every conv's "
+        "filters standardized",
         False,
         False,
         True,

@@ -121,10 +121,8 @@ class BatchRenorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
-            f"r_max={self.r_max} "
-            f"(from 1 at step {self.warmup_start} to step {self.rmax_iters}), "
-            f"d_max={self.d_max} "
+            f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max} "
+            f"(from 1 at step {self.warmup_start} to step {self.rmax_iters}), d_max={self.d_max} "
             f"(from 0 at step {self.warmup_start} to step {self.dmax_iters}), dim={self.dim}"
         )
 

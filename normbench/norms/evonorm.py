@@ -164,9 +164,8 @@ def evonorm_b0(
     momentum = check_momentum("evonorm_b0", momentum)
     if dim == 1:
         raise NormConfigError(
-            "norm 'evonorm_b0' has no dim=1 form: its instance variance over (H, W) is 0 "
-            "on a fully "
-            "connected feature (one value per sample and channel); use no norm on fully "
+            "norm 'evonorm_b0' has no dim=1 form: its instance variance over (H, W) is 0 on a "
+            "fully connected feature (one value per sample and channel); use no norm on fully "
             "connected layers"
         )
     return EvoNormB0(num_channels, eps=eps, momentum=momentum, act=act)

@@ -72,9 +72,8 @@ class GhostBatchNorm(nn.Module):
         per_image = x[0].numel() // self.num_channels  # H * W (1 on features)
         if min(sizes) * per_image < 2:
             raise ValueError(
-                "GhostBatchNorm needs more than 1 value per channel in every "
-                "virtual batch, "
-                f"got input {tuple(x.shape)} cut into {sizes}"
+                "GhostBatchNorm needs more than 1 value per channel in every virtual batch, got "
+                f"input {tuple(x.shape)} cut into {sizes}"
             )
         # e.g. bf16 under autocast: statistics in the parameters' dtype
         if x.dtype != self.weight.dtype:
@@ -127,8 +126,7 @@ class GhostBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, ghost_batch={self.ghost_batch}, eps={self.eps}, "
-            f"momentum={self.momentum}, "
-            f"dim={self.dim}"
+            f"momentum={self.momentum}, dim={self.dim}"
         )
 
 

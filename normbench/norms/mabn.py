@@ -169,10 +169,8 @@ class MovingAverageBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
-            f"buffer_size={self.buffer_size}, "
-            f"warmup_iters={self.warmup_iters}, renorm_iters={self.renorm_iters}, "
-            f"r_max={self.r_max}, "
-            f"dim={self.dim}"
+            f"buffer_size={self.buffer_size}, warmup_iters={self.warmup_iters}, "
+            f"renorm_iters={self.renorm_iters}, r_max={self.r_max}, dim={self.dim}"
         )
 
 

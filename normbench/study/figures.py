@@ -27,7 +27,7 @@ from .tables import METRICS, Run, Table, build_table, load_runs, warn
 
 DEFAULT_NAME = "error_vs_batch.png"
 CURVES_NAME = "curves.png"
-TRAIN_LOSS, TEST_ERROR = "train/loss", "epoch/test_error"  # tags written by normbench.runner
+TRAIN_LOSS, TEST_ERROR = "train/loss", "epoch/test_error"  # tags written by normbench.epochs
 EVENTS_GLOB = "events.out.tfevents.*"
 
 
@@ -287,8 +287,7 @@ def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> 
     if left_out:
         warn(
             f"curves leave out {left_out} run(s) that did not complete (diverged, failed or "
-            "unfinished), "
-            f"as the table does"
+            "unfinished), as the table does"
         )
     by_path = {run.path: run for run in runs}
     curves: dict[Path, RunCurves] = {}
@@ -301,11 +300,9 @@ def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> 
             curves[source] = result
     if not curves:
         raise UserError(
-            f"none of the {len(sources)} completed run(s) under {path} has "
-            "TensorBoard curves "
-            f"(tb/ with {TRAIN_LOSS} and {TEST_ERROR}); rerun them with "
-            "`normbench run ... --force` "
-            f"to write tb/ again"
+            f"none of the {len(sources)} completed run(s) under {path} has TensorBoard curves "
+            f"(tb/ with {TRAIN_LOSS} and {TEST_ERROR}); rerun them with `normbench run ... "
+            "--force` to write tb/ again"
         )
     if skipped:
         warn(f"skipping {len(skipped)} run(s) without curves: {'; '.join(skipped)}")

@@ -105,9 +105,8 @@ def _notes(table: Table) -> list[str]:
 def caption(table: Table) -> str:
     label = METRICS[table.metric][0]
     return (
-        f"{label}, mean ± sample std over seeds, {table.n_runs} run records; best per column "
-        "in bold; "
-        f"rows {table.rows_key}, columns {table.cols_key}"
+        f"{label}, mean ± sample std over seeds, {table.n_runs} run records; best per column in "
+        f"bold; rows {table.rows_key}, columns {table.cols_key}"
     )
 
 

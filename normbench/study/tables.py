@@ -147,9 +147,8 @@ def _record_files(root: Path) -> list[Path]:
             return [_cell_record(root, cell) for cell in cells]
         except (OSError, ValueError, AttributeError, KeyError, TypeError, yaml.YAMLError) as error:
             raise UserError(
-                f"{sweep_file} is unreadable ({type(error).__name__}); point at the "
-                "sweep's "
-                f"out folder instead (e.g. <out>/runs)"
+                f"{sweep_file} is unreadable ({type(error).__name__}); point at the sweep's out "
+                "folder instead (e.g. <out>/runs)"
             ) from None
     if root.is_file() and root.name == RECORD_FILE:
         return [root]
@@ -242,16 +241,14 @@ def _check_cell(runs: list[Run], where: str) -> None:
         if differ:
             raise UserError(
                 f"cell {where} mixes runs that differ in {', '.join(differ[:5])} "
-                f"({runs[0].path.parent} vs {run.path.parent}); point table "
-                "at one sweep's folder "
-                f"or choose --rows/--cols"
+                f"({runs[0].path.parent} vs {run.path.parent}); point table at one sweep's "
+                "folder or choose --rows/--cols"
             )
         seed = run.get("seed")
         if seed in seeds:
             raise UserError(
                 f"cell {where} has seed {seed} twice ({seeds[seed].parent} and "
-                f"{run.path.parent}); "
-                f"point table at one sweep's folder"
+                f"{run.path.parent}); point table at one sweep's folder"
             )
         seeds[seed] = run.path
 
