@@ -17,6 +17,14 @@ from .study.formats import render, write_text
 from .study.tables import build_table
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+# options `run` and `sweep` share: one object each, so their flags and help stay the same
+CONFIG_DIR_OPTION = typer.Option(
+    None,
+    "--config-dir",
+    help="Extra folder of config groups (e.g. DIR/norm/mine.yaml), searched before the "
+    "shipped ones. Also NORMBENCH_CONFIG_DIR.",
+)
+DEBUG_OPTION = typer.Option(False, "--debug", help="Show full tracebacks.")
 
 app = typer.Typer(
     add_completion=False,
@@ -39,14 +47,9 @@ A completed run is not redone (use --force); an interrupted one resumes from its
 @app.command(context_settings=EXTRA_ARGS, help=RUN_HELP)
 def run(
     ctx: typer.Context,
-    config_dir: Path | None = typer.Option(
-        None,
-        "--config-dir",
-        help="Extra folder of config groups (e.g. DIR/norm/mine.yaml), searched before the "
-        "shipped ones. Also NORMBENCH_CONFIG_DIR.",
-    ),
+    config_dir: Path | None = CONFIG_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    debug: bool = DEBUG_OPTION,
 ) -> None:
     from .config import compose
     from .runner import run as run_one
@@ -100,12 +103,7 @@ def sweep(
         help="Folder name under <out>/sweeps/ (default: from the swept keys and values, e.g. "
         "norm-bn,gn_batch-2,4).",
     ),
-    config_dir: Path | None = typer.Option(
-        None,
-        "--config-dir",
-        help="Extra folder of config groups (e.g. DIR/norm/mine.yaml), searched before the "
-        "shipped ones. Also NORMBENCH_CONFIG_DIR.",
-    ),
+    config_dir: Path | None = CONFIG_DIR_OPTION,
     jobs: int = typer.Option(
         1,
         "--jobs",
@@ -113,7 +111,7 @@ def sweep(
         help="Cells trained at once in local worker processes (Hydra's joblib launcher); torch "
         "threads are split between them.",
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    debug: bool = DEBUG_OPTION,
 ) -> None:
     # deferred, like every command that trains: torch takes seconds to import, `table` needs none
     from .study.sweep import report, run_sweep

@@ -95,6 +95,12 @@ def flat_config(
     return dict(_cached_flat_config(overrides, search_path, _fingerprint(search_path)))
 
 
+def group_defaults(user_config_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """The option each config group takes when nothing picks one (e.g. {"norm": "bn"})."""
+    search_path = tuple(search_path_overrides(user_config_dir))
+    return dict(_cached_run_config((), search_path, _fingerprint(search_path))[1])
+
+
 @functools.lru_cache(maxsize=512)
 def _cached_flat_config(
     overrides: tuple[str, ...], search_path: tuple[str, ...], fingerprint: tuple

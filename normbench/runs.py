@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import distributed
-from .config import IDENTITY_KEYS, changes_results, flat_config, flatten
+from .config import IDENTITY_KEYS, changes_results, flat_config, flatten, group_defaults
 from .files import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,9 +53,13 @@ def non_default_settings(
     """Settings that differ from the defaults of the chosen backbone/norm/data/optim configs,
     leaving out the keys already in the run key and those that never change results (out, device,
     log)."""
-    baseline = flat_config(
-        [f"{group}={option}" for group, option in choices.items()], user_config_dir
-    )
+    # a group left at its default is not named: the default run's baseline is the default config,
+    # composed once per process for validation anyway
+    defaults = group_defaults(user_config_dir)
+    picked = [
+        f"{group}={option}" for group, option in choices.items() if defaults.get(group) != option
+    ]
+    baseline = flat_config(picked, user_config_dir)
     skip = set(IDENTITY_KEYS)
     differ = {}
     for key, value in flatten(cfg).items():

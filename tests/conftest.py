@@ -24,6 +24,17 @@ TINY = [
 ]  # lr 1.6 at reference batch 256 = 0.1 at batch 16
 
 
+# The bad-input tests' run: quick to finish should a case wrongly be accepted.
+QUICK_RUN = [
+    "data=synthetic",
+    "data.train_size=64",
+    "data.test_size=32",
+    "epochs=1",
+    "batch=16",
+    "log.progress=none",
+]
+
+
 @pytest.fixture
 def cfg_of():
     """compose(overrides) as a function, for tests that build configs themselves."""

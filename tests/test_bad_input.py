@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICK_RUN
 
 from normbench.data import fashion_mnist
 from normbench.runs import load_checkpoint
 
-BASE = [
-    "data=synthetic",
-    "data.train_size=64",
-    "data.test_size=32",
-    "epochs=1",
-    "batch=16",
-    "log.progress=none",
-]
 GN_YAML = (Path(__file__).resolve().parents[1] / "configs" / "norm" / "gn.yaml").read_text()
 
 
@@ -84,7 +77,7 @@ def _checkpoint_of_another_config(tmp: Path, normbench, _):
     fits."""
     (tmp / "cfg" / "norm").mkdir(parents=True)
     (tmp / "cfg" / "norm" / "mygn.yaml").write_text(GN_YAML.replace("groups: 32", "groups: 2"))
-    first = normbench("run", "--config-dir", str(tmp / "cfg"), "norm=mygn", *BASE, "epochs=2")
+    first = normbench("run", "--config-dir", str(tmp / "cfg"), "norm=mygn", *QUICK_RUN, "epochs=2")
     assert first.code == 0, first.err
     (record_file,) = first.root.glob("runs/*/record.json")
     record = json.loads(record_file.read_text())
@@ -100,75 +93,90 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
 CASES = [
     (
         "unknown norm",
-        ["run", *BASE, "norm=gnn"],
+        ["run", *QUICK_RUN, "norm=gnn"],
         ["unknown norm 'gnn'", "did you mean 'gn'", "choose one of"],
         None,
     ),
     (
         "unknown backbone",
-        ["run", *BASE, "backbone=resnet21"],
+        ["run", *QUICK_RUN, "backbone=resnet21"],
         ["unknown backbone", "did you mean 'resnet20'"],
         None,
     ),
     (
         "unknown data",
-        ["run", *BASE, "data=fashion"],
+        ["run", *QUICK_RUN, "data=fashion"],
         ["unknown data 'fashion'", "did you mean 'fashion_mnist'"],
         None,
     ),
     (
         "unknown experiment",
-        ["run", *BASE, "experiment=gn_papr"],
+        ["run", *QUICK_RUN, "experiment=gn_papr"],
         ["unknown experiment 'gn_papr'", "did you mean 'gn_paper'"],
         None,
     ),
     (
         "unknown key",
-        ["run", *BASE, "epoch=3"],
+        ["run", *QUICK_RUN, "epoch=3"],
         ["unknown config key 'epoch'", "did you mean 'epochs'"],
         None,
     ),
     (
         "unknown nested key",
-        ["run", *BASE, "optim.momentun=0.5"],
+        ["run", *QUICK_RUN, "optim.momentun=0.5"],
         ["did you mean 'optim.momentum'"],
         None,
     ),
-    ("unknown option", ["run", *BASE, "--bogus"], ["unknown option '--bogus'", "key=value"], None),
+    (
+        "unknown option",
+        ["run", *QUICK_RUN, "--bogus"],
+        ["unknown option '--bogus'", "key=value"],
+        None,
+    ),
     (
         "malformed override",
-        ["run", *BASE, "batch=(2"],
+        ["run", *QUICK_RUN, "batch=(2"],
         ["malformed override 'batch=(2'", "key=value"],
         None,
     ),
-    ("override without value", ["run", *BASE, "norm"], ["malformed override 'norm'"], None),
+    ("override without value", ["run", *QUICK_RUN, "norm"], ["malformed override 'norm'"], None),
     (
         "batch=abc",
-        ["run", *BASE, "batch=abc"],
+        ["run", *QUICK_RUN, "batch=abc"],
         ["batch must be an integer", "got 'abc'", "e.g. batch="],
         None,
     ),
-    ("lr=fast", ["run", *BASE, "lr=fast"], ["lr must be a number > 0", "got 'fast'"], None),
-    ("batch=0", ["run", *BASE, "batch=0"], ["batch must be an integer >= 1, got 0"], None),
-    ("batch<0", ["run", *BASE, "batch=-2"], ["batch must be an integer >= 1, got -2"], None),
+    ("lr=fast", ["run", *QUICK_RUN, "lr=fast"], ["lr must be a number > 0", "got 'fast'"], None),
+    ("batch=0", ["run", *QUICK_RUN, "batch=0"], ["batch must be an integer >= 1, got 0"], None),
+    ("batch<0", ["run", *QUICK_RUN, "batch=-2"], ["batch must be an integer >= 1, got -2"], None),
     (
         "batch=1 with bn",
-        ["run", *BASE, "batch=1"],
+        ["run", *QUICK_RUN, "batch=1"],
         ["norm=bn normalizes with batch statistics", "batch>=2", "gn"],
         None,
     ),
-    ("batch=1 with brn", ["run", *BASE, "norm=brn", "batch=1"], ["norm=brn", "batch>=2"], None),
+    (
+        "batch=1 with brn",
+        ["run", *QUICK_RUN, "norm=brn", "batch=1"],
+        ["norm=brn", "batch>=2"],
+        None,
+    ),
     (
         "gn groups strict",
-        ["run", *BASE, "norm=gn", "norm.groups=5", "norm.strict=true"],
+        ["run", *QUICK_RUN, "norm=gn", "norm.groups=5", "norm.strict=true"],
         ["cannot build backbone=lenet with norm=gn", "groups"],
         None,
     ),
-    ("accum=0", ["run", *BASE, "accum=0"], ["accum must be an integer >= 1, got 0"], None),
-    ("accum<0", ["run", *BASE, "accum=-3"], ["accum must be an integer >= 1"], None),
-    ("epochs<0", ["run", *BASE, "epochs=-1"], ["epochs must be an integer >= 1, got -1"], None),
-    ("lr=0", ["run", *BASE, "lr=0"], ["lr must be a number > 0, got 0"], None),
-    ("lr<0", ["run", *BASE, "lr=-0.1"], ["lr must be a number > 0, got -0.1"], None),
+    ("accum=0", ["run", *QUICK_RUN, "accum=0"], ["accum must be an integer >= 1, got 0"], None),
+    ("accum<0", ["run", *QUICK_RUN, "accum=-3"], ["accum must be an integer >= 1"], None),
+    (
+        "epochs<0",
+        ["run", *QUICK_RUN, "epochs=-1"],
+        ["epochs must be an integer >= 1, got -1"],
+        None,
+    ),
+    ("lr=0", ["run", *QUICK_RUN, "lr=0"], ["lr must be a number > 0, got 0"], None),
+    ("lr<0", ["run", *QUICK_RUN, "lr=-0.1"], ["lr must be a number > 0, got -0.1"], None),
     (
         "fashion-mnist missing",
         ["run", "log.progress=none", "epochs=1"],
@@ -199,28 +207,33 @@ CASES = [
         ["{tmp}/empty/train is missing", "train/ and val/"],
         _empty_folder,
     ),
-    ("device=cuda without gpu", ["run", *BASE, "device=cuda"], ["no CUDA GPU", "device=cpu"], None),
+    (
+        "device=cuda without gpu",
+        ["run", *QUICK_RUN, "device=cuda"],
+        ["no CUDA GPU", "device=cpu"],
+        None,
+    ),
     (
         "config dir missing",
-        ["run", "--config-dir", "{tmp}/nope", *BASE],
+        ["run", "--config-dir", "{tmp}/nope", *QUICK_RUN],
         ["config dir {tmp}/nope does not exist"],
         None,
     ),
     (
         "_target_ override",
-        ["run", *BASE, "+norm._target_=os.system"],
+        ["run", *QUICK_RUN, "+norm._target_=os.system"],
         ["norm._target_", "never instantiates"],
         None,
     ),
     (
         "_target_ in a user config",
-        ["run", "--config-dir", "{tmp}/cfg", *BASE, "norm=evil"],
+        ["run", "--config-dir", "{tmp}/cfg", *QUICK_RUN, "norm=evil"],
         ["norm._target_", "never instantiates", "registered name"],
         _user_config_with_target,
     ),
     (
         "checkpoint of another config",
-        ["run", "--config-dir", "{tmp}/cfg", "norm=mygn", *BASE, "epochs=2"],
+        ["run", "--config-dir", "{tmp}/cfg", "norm=mygn", *QUICK_RUN, "epochs=2"],
         [
             "checkpoint.pt was written by a different config (differs in norm.groups)",
             "--force",
@@ -230,13 +243,13 @@ CASES = [
     ),
     (
         "sweep with a bad cell",
-        ["sweep", *BASE, "batch=16,0", "out={tmp}/outputs"],
+        ["sweep", *QUICK_RUN, "batch=16,0", "out={tmp}/outputs"],
         ["sweep cell batch=0", "batch must be an integer >= 1"],
         None,
     ),
     (
         "sweep of an unknown norm",
-        ["sweep", *BASE, "norm=bn,gnn", "out={tmp}/outputs"],
+        ["sweep", *QUICK_RUN, "norm=bn,gnn", "out={tmp}/outputs"],
         ["norm=gnn", "did you mean 'gn'"],
         None,
     ),
@@ -324,12 +337,12 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_its_code_never_runs(n
     assert load_checkpoint(evil) is None and not marker.exists()
 
     # the same file as the checkpoint of a killed run: reported as unreadable, the run starts over
-    first = normbench("run", *BASE, "epochs=2")
+    first = normbench("run", *QUICK_RUN, "epochs=2")
     (run_dir,) = (first.root / "runs").iterdir()
     record = json.loads((run_dir / "record.json").read_text())
     (run_dir / "record.json").write_text(json.dumps(dict(record, status="running")))
     (run_dir / "checkpoint.pt").write_bytes(evil.read_bytes())
-    again = normbench("run", *BASE, "epochs=2")
+    again = normbench("run", *QUICK_RUN, "epochs=2")
     assert again.code == 0 and f"{run_dir / 'checkpoint.pt'} is unreadable" in again.err
     assert again.record()["status"] == "completed" and not marker.exists()
     assert again.record()["history"] == [
@@ -341,7 +354,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_its_code_never_runs(n
 def test_checkpoints_hold_only_tensors_and_plain_python(normbench):
     """normbench never needs unsafe unpickling to resume: its own checkpoints load with
     weights_only=True."""
-    result = normbench("run", *BASE)
+    result = normbench("run", *QUICK_RUN)
     (checkpoint,) = result.root.glob("runs/*/checkpoint.pt")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert {"identity", "model", "optimizer", "generator", "torch_rng", "state"} <= set(state)
@@ -365,7 +378,7 @@ def test_a_sweep_writes_nothing_outside_out(tmp_path):
     }
     env.update(HOME=str(home), TMPDIR=str(tmp), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "normbench", "sweep", *BASE, "norm=bn,gn", f"out={out}"],
+        [sys.executable, "-m", "normbench", "sweep", *QUICK_RUN, "norm=bn,gn", f"out={out}"],
         cwd=cwd,
         env=env,
         capture_output=True,

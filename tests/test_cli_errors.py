@@ -8,17 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import QUICK_RUN
 
 from normbench.data import fashion_mnist
-
-BASE = [
-    "data=synthetic",
-    "data.train_size=64",
-    "data.test_size=32",
-    "epochs=1",
-    "batch=16",
-    "log.progress=none",
-]
 
 # (overrides after `run`, words the one line must contain)
 BAD_RUNS = [
@@ -67,14 +59,16 @@ def assert_one_line_error(result, words):
 
 @pytest.mark.parametrize("overrides,words", BAD_RUNS, ids=[" ".join(o) for o, _ in BAD_RUNS])
 def test_bad_run_input_is_one_line_exit_2(normbench, overrides, words):
-    result = normbench("run", *BASE, *overrides)
+    result = normbench("run", *QUICK_RUN, *overrides)
     assert_one_line_error(result, words)
     assert not (result.root / "runs").exists(), "a rejected run must leave no files behind"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_gpu(normbench):
-    assert_one_line_error(normbench("run", *BASE, "device=cuda"), ["no CUDA GPU", "device=cpu"])
+    assert_one_line_error(
+        normbench("run", *QUICK_RUN, "device=cuda"), ["no CUDA GPU", "device=cpu"]
+    )
 
 
 def test_missing_fashion_mnist_names_the_install_command(normbench, monkeypatch, tmp_path):
@@ -94,7 +88,7 @@ def test_data_root_without_files(normbench, tmp_path):
 
 def test_user_config_dir_must_exist(normbench, tmp_path):
     assert_one_line_error(
-        normbench("run", "--config-dir", str(tmp_path / "missing"), *BASE), ["config dir"]
+        normbench("run", "--config-dir", str(tmp_path / "missing"), *QUICK_RUN), ["config dir"]
     )
 
 
@@ -103,7 +97,7 @@ def test_list_unknown_kind(normbench):
 
 
 def test_batch_one_is_fine_for_batch_independent_norms(normbench):
-    result = normbench("run", *BASE, "batch=1", "data.train_size=20", "norm=gn")
+    result = normbench("run", *QUICK_RUN, "batch=1", "data.train_size=20", "norm=gn")
     assert result.code == 0, result.err
     assert result.record()["status"] == "completed"
 

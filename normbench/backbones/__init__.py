@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -28,61 +29,11 @@ class BackboneSpec:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _lenet(
-    options: dict[str, Any],
-    norm_layer: NormChoice,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-) -> nn.Module:
-    return LeNet(
-        norm_layer,
-        num_classes,
-        in_channels,
-        image_size,
-        activation=options["activation"],
-        pool=options["pool"],
-    )
-
-
-def _resnet20(
-    options: dict[str, Any],
-    norm_layer: NormChoice,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-) -> nn.Module:
-    return build_cifar_resnet(20, options, norm_layer, num_classes, in_channels, image_size)
-
-
-def _resnet56(
-    options: dict[str, Any],
-    norm_layer: NormChoice,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-) -> nn.Module:
-    return build_cifar_resnet(56, options, norm_layer, num_classes, in_channels, image_size)
-
-
-def _resnet18(
-    options: dict[str, Any],
-    norm_layer: NormChoice,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-) -> nn.Module:
-    return build_resnet(18, options, norm_layer, num_classes, in_channels, image_size)
-
-
-def _resnet50(
-    options: dict[str, Any],
-    norm_layer: NormChoice,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-) -> nn.Module:
-    return build_resnet(50, options, norm_layer, num_classes, in_channels, image_size)
+def _lenet(options: dict[str, Any], norm_layer: NormChoice, *shape: int) -> nn.Module:
+    """LeNet with backbone.activation and backbone.pool; the builders' common signature."""
+    num_classes, in_channels, image_size = shape
+    activation, pool = options["activation"], options["pool"]
+    return LeNet(norm_layer, num_classes, in_channels, image_size, activation, pool)
 
 
 # Parameter counts in the descriptions are with norm=bn, 10 classes, 3-channel 32 px input (small
@@ -96,25 +47,25 @@ BACKBONES: dict[str, BackboneSpec] = {
         choices=LENET_CHOICES,
     ),
     "resnet20": BackboneSpec(
-        _resnet20,
+        partial(build_cifar_resnet, 20),
         "CIFAR ResNet-20 (He et al. 2016, sec. 4.2): 3 stages x 3 basic blocks, 16/32/64 "
         "channels, zero-padding shortcuts; 269,722 params (BN, 10 classes)",
         "any channels, images >= 5 px (32 in the paper); no stem downsampling",
     ),
     "resnet56": BackboneSpec(
-        _resnet56,
+        partial(build_cifar_resnet, 56),
         "CIFAR ResNet-56 (He et al. 2016, sec. 4.2): 3 stages x 9 basic blocks, 16/32/64 "
         "channels, zero-padding shortcuts; 853,018 params (BN, 10 classes)",
         "any channels, images >= 5 px (32 in the paper); no stem downsampling",
     ),
     "resnet18": BackboneSpec(
-        _resnet18,
+        partial(build_resnet, 18),
         "ResNet-18 (He et al. 2016), torchvision's layout; 11,173,962 params (BN, 10 classes; "
         "ImageNet stem: 11,181,642 = torchvision's)",
         "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool",
     ),
     "resnet50": BackboneSpec(
-        _resnet50,
+        partial(build_resnet, 50),
         "ResNet-50 (He et al. 2016), torchvision's layout; 23,520,842 params (BN, 10 classes; "
         "ImageNet stem: 23,528,522 = torchvision's)",
         "any channels; <= 64 px: 3x3/1 stem, no max-pool (>= 9 px); larger: 7x7/2 stem + max-pool",

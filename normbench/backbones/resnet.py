@@ -24,10 +24,9 @@ SMALL_IMAGE_MAX = 64
 STEMS = ("auto", "small", "imagenet")
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs (stride on the first) + shortcut; torchvision's BasicBlock, expansion 1."""
-
-    expansion = 1
+class BasicBranch(nn.Module):
+    """conv3x3 (stride) -> norm -> act -> conv3x3 -> norm: the residual branch of a basic block,
+    shared by BasicBlock and the CIFAR ResNets' block, which add the shortcut and `act_out`."""
 
     def __init__(
         self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str
@@ -37,20 +36,32 @@ class BasicBlock(nn.Module):
         self.conv1 = he_conv(in_planes, planes, 3, stride=stride, padding=1, bias=bias)
         self.bn1, self.act1 = norm_and_act(norm_layer, planes, activation)
         self.conv2 = he_conv(planes, planes, 3, padding=1, bias=bias)
-        self.bn2 = norm_layer.norm_only(planes)  # no ReLU before the addition
-        self.downsample = projection(in_planes, planes, stride, norm_layer)
-        self.act_out = make_activation(activation)
-        self.stride = stride
+        self.bn2 = norm_layer.norm_only(planes)  # no activation before the addition
 
     @property
     def last_norm(self) -> nn.Module:
         return self.bn2
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+
+
+class BasicBlock(BasicBranch):
+    """Two 3x3 convs (stride on the first) + shortcut; torchvision's BasicBlock, expansion 1."""
+
+    expansion = 1
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, norm_layer: NormChoice, activation: str
+    ) -> None:
+        super().__init__(in_planes, planes, stride, norm_layer, activation)
+        self.downsample = projection(in_planes, planes, stride, norm_layer)
+        self.act_out = make_activation(activation)
+        self.stride = stride
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act_out(out + identity)
+        return self.act_out(self.branch(x) + identity)
 
 
 class Bottleneck(nn.Module):

@@ -16,6 +16,7 @@ from torch import nn
 
 from .norm_choice import NormChoice, make_activation
 from .resnet import (
+    BasicBranch,
     check_final_size,
     he_conv,
     norm_and_act,
@@ -43,7 +44,7 @@ class PadShortcut(nn.Module):
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
 
 
-class CifarBasicBlock(nn.Module):
+class CifarBasicBlock(BasicBranch):
     """conv3x3 -> norm -> act -> conv3x3 -> norm, + shortcut, -> act."""
 
     def __init__(
@@ -55,31 +56,20 @@ class CifarBasicBlock(nn.Module):
         activation: str,
         shortcut: str,
     ) -> None:
-        super().__init__()
-        bias = norm_layer.conv_bias
-        self.conv1 = he_conv(in_planes, planes, 3, stride=stride, padding=1, bias=bias)
-        self.bn1, self.act1 = norm_and_act(norm_layer, planes, activation)
-        self.conv2 = he_conv(planes, planes, 3, padding=1, bias=bias)
-        self.bn2 = norm_layer.norm_only(planes)  # no activation before the addition
+        super().__init__(in_planes, planes, stride, norm_layer, activation)
         if stride == 1 and in_planes == planes:
             self.shortcut: nn.Module = nn.Identity()
         elif shortcut == "A":
             self.shortcut = PadShortcut(stride, planes - in_planes)
         else:
             self.shortcut = nn.Sequential(
-                he_conv(in_planes, planes, 1, stride=stride, bias=bias),
+                he_conv(in_planes, planes, 1, stride=stride, bias=norm_layer.conv_bias),
                 norm_layer.norm_only(planes),
             )
         self.act_out = make_activation(activation)
 
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn2
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act_out(out + self.shortcut(x))
+        return self.act_out(self.branch(x) + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):

@@ -8,7 +8,6 @@ by torchvision when data.download=true.
 
 from __future__ import annotations
 
-import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normbench.data.prep import cfg_bool, cfg_get, check_labels
+from normbench.data.prep import cfg_bool, cfg_get, check_labels, torchvision_download
 from normbench.data.source import TensorData
 from normbench.data.tensor_set import load_image_set
 from normbench.errors import UserError
@@ -125,18 +124,9 @@ def find_folder(root: Path, spec: CifarSet) -> Path | None:
 
 
 def download(root: Path, spec: CifarSet) -> Path:
-    try:
-        # import_module, not `from torchvision import datasets`: tests put a fake in sys.modules
-        dataset_class = getattr(
-            importlib.import_module("torchvision.datasets"), spec.torchvision_class
-        )
-        dataset_class(root=str(root), train=True, download=True)  # one archive holds both splits
-    except Exception as e:  # network, disk, checksum: all fixable by the user
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"downloading {spec.title} into {root} failed ({message}): check the network, or put "
-            f"{spec.folder}/ (from another machine) in data.root=DIR"
-        ) from None
+    fix = f"put {spec.folder}/ (from another machine) in data.root=DIR"
+    # train=True only: one archive holds both splits
+    torchvision_download(spec.title, spec.torchvision_class, root, (True,), fix)
     folder = find_folder(root, spec)
     if folder is None:
         raise UserError(
@@ -194,17 +184,7 @@ def load(cfg: Any, device: torch.device, spec: CifarSet) -> TensorData:
         folder = locate(cfg, spec)
         return folder, str(folder)
 
-    return load_image_set(
-        cfg,
-        device,
-        name=spec.name,
-        title=spec.title,
-        default_classes=spec.num_classes,
-        in_channels=IN_CHANNELS,
-        image_size=IMAGE_SIZE,
-        locate=find,
-        read_split=lambda handle, split, classes: read_split(handle, split, classes, spec),
-    )
+    return load_image_set(cfg, device, spec, IN_CHANNELS, IMAGE_SIZE, find, read_split)
 
 
 def load_cifar10(cfg: Any, device: torch.device) -> TensorData:

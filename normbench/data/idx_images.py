@@ -7,7 +7,6 @@ module-level constants each time it is used, so those constants can be pointed e
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from normbench.data.idx import read_idx
-from normbench.data.prep import cfg_bool, cfg_get, check_labels
+from normbench.data.prep import cfg_bool, cfg_get, check_labels, torchvision_download
 from normbench.data.source import TensorData
 from normbench.data.tensor_set import load_image_set
 from normbench.errors import UserError
@@ -69,19 +68,8 @@ def _in(root: Path, spec: IdxSet) -> dict[str, Path] | None:
 
 def download(root: Path, spec: IdxSet) -> dict[str, Path]:
     """Fetch the raw files with torchvision into root/<class>/raw."""
-    try:
-        # import_module, not `from torchvision import datasets`: tests put a fake in sys.modules
-        dataset_class = getattr(
-            importlib.import_module("torchvision.datasets"), spec.torchvision_class
-        )
-        dataset_class(root=str(root), train=True, download=True)
-        dataset_class(root=str(root), train=False, download=True)
-    except Exception as e:  # network, disk, checksum: all fixable by the user
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"downloading {spec.title} into {root} failed ({message}): "
-            f"check the network, or {spec.offline_fix}"
-        ) from None
+    splits = (True, False)
+    torchvision_download(spec.title, spec.torchvision_class, root, splits, spec.offline_fix)
     raw = root / spec.torchvision_class / "raw"
     found = find_files(raw)
     if found is None:
@@ -154,14 +142,4 @@ def load(cfg: Any, device: torch.device, spec: IdxSet) -> TensorData:
         files = locate(cfg, spec)
         return files, str(files["train_images"].parent)
 
-    return load_image_set(
-        cfg,
-        device,
-        name=spec.name,
-        title=spec.title,
-        default_classes=spec.num_classes,
-        in_channels=IN_CHANNELS,
-        image_size=IMAGE_SIZE,
-        locate=find,
-        read_split=lambda handle, split, classes: read_split(handle, split, classes, spec),
-    )
+    return load_image_set(cfg, device, spec, IN_CHANNELS, IMAGE_SIZE, find, read_split)

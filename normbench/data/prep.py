@@ -1,8 +1,10 @@
 """Helpers the loaders share: config values (cfg is an OmegaConf DictConfig or a plain dict),
-label and shape checks, stratified subsets and normalization."""
+label and shape checks, stratified subsets, normalization and torchvision downloads."""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,3 +155,21 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     rank = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[cls]
     keep = index[rank < quota[cls]]
     return keep.sort().values.to(torch.as_tensor(labels).device)
+
+
+def torchvision_download(
+    title: str, class_name: str, root: Path, splits: tuple[bool, ...], offline_fix: str
+) -> None:
+    """Download torchvision.datasets.<class_name> into `root`, once per `train` flag in `splits`;
+    any failure is a one-line UserError ending in `offline_fix`."""
+    try:
+        # import_module, not `from torchvision import datasets`: tests put a fake in sys.modules
+        dataset_class = getattr(importlib.import_module("torchvision.datasets"), class_name)
+        for train in splits:
+            dataset_class(root=str(root), train=train, download=True)
+    except Exception as e:  # network, disk, checksum: all fixable by the user
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"downloading {title} into {root} failed ({message}): check the network, or "
+            f"{offline_fix}"
+        ) from None

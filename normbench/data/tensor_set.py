@@ -4,7 +4,7 @@ config options, stratified subsets, normalization on the device and augmentation
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -20,22 +20,35 @@ from normbench.data.prep import (
 from normbench.data.source import TensorData
 
 
+class ImageSetSpec(Protocol):
+    """What load_image_set reads from a data set's spec (CifarSet, IdxSet)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+
+SpecT = TypeVar("SpecT", bound=ImageSetSpec)
+
+
 def load_image_set(
     cfg: Any,
     device: torch.device,
-    *,
-    name: str,
-    title: str,
-    default_classes: int,
+    spec: SpecT,
     in_channels: int,
     image_size: int,
     locate: Callable[[], tuple[Any, str]],
-    read_split: Callable[[Any, str, int], tuple[torch.Tensor, torch.Tensor]],
+    read_split: Callable[[Any, str, int, SpecT], tuple[torch.Tensor, torch.Tensor]],
 ) -> TensorData:
     """`locate()` finds the files (-> (handle, source path)); `read_split(handle, "train"|"test",
-    num_classes)` returns uint8 images (N, C, H, W) and int64 labels, checked."""
-    num_classes = cfg_int(cfg, "num_classes", default_classes, minimum=2)
-    check_fixed_shape(cfg, title, in_channels, image_size)
+    num_classes, spec)` returns uint8 images (N, C, H, W) and int64 labels, checked."""
+    num_classes = cfg_int(cfg, "num_classes", spec.num_classes, minimum=2)
+    check_fixed_shape(cfg, spec.title, in_channels, image_size)
     mean, std = cfg_mean_std(cfg, in_channels)
     augmentation = augment.from_config(cfg, black(mean, std), image_size)
     train_size = cfg_int(cfg, "train_size", None, minimum=1)
@@ -43,10 +56,14 @@ def load_image_set(
     seed = cfg_int(cfg, "subset_seed", 0)
 
     handle, source = locate()
-    train_images, train_y = take_subset(*read_split(handle, "train", num_classes), train_size, seed)
-    test_images, test_y = take_subset(*read_split(handle, "test", num_classes), test_size, seed)
+
+    def subset(split: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return take_subset(*read_split(handle, split, num_classes, spec), size, seed)
+
+    train_images, train_y = subset("train", train_size)
+    test_images, test_y = subset("test", test_size)
     return TensorData(
-        name=name,
+        name=spec.name,
         train_x=normalize(train_images, mean, std, device),
         train_y=train_y.to(device),
         test_x=normalize(test_images, mean, std, device),

@@ -1,8 +1,11 @@
-"""Argument checks shared by the norm factories, on normbench.values (plumbing; no paper)."""
+"""What the norms share (plumbing; no paper): argument checks on normbench.values, parameter and
+buffer set-up, and the BN-style eval of the running-statistics variants."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from normbench.errors import UserError
 from normbench.values import as_flag, as_int, as_number
@@ -24,6 +27,21 @@ def check_layer(norm: str, num_channels: int, dim: int) -> None:
 def check_eps(norm: str, eps: object, option: str = "eps") -> float:
     """eps must be a finite real number > 0 (0 would divide by zero on a constant input)."""
     return as_number(eps, _name(norm, option), above=0, finite=True, error=NormConfigError)
+
+
+def check_number(
+    norm: str, option: str, value: object, minimum: int, maximum: int | None = None
+) -> float:
+    """A finite real option in [minimum, maximum] (no upper bound without `maximum`), as a float;
+    the bounds are ints so that messages read ">= 1", not ">= 1.0"."""
+    return as_number(
+        value,
+        _name(norm, option),
+        minimum=minimum,
+        maximum=maximum,
+        finite=True,
+        error=NormConfigError,
+    )
 
 
 def check_int(norm: str, option: str, value: object, minimum: int = 1) -> int:
@@ -100,3 +118,53 @@ def add_affine(
         )
     else:
         module.register_parameter(act_param, None)
+
+
+def add_bn_state(
+    module: nn.Module, num_channels: int, *, running_mean: bool = True, counter: bool = True
+) -> None:
+    """BN's per-channel `weight` (ones) and `bias` (zeros), and its buffers `running_mean` (zeros),
+    `running_var` (ones) and `num_batches_tracked` (0), in nn.BatchNorm2d's order; `running_mean`
+    and `num_batches_tracked` only where asked (MABN keeps neither)."""
+    module.weight = nn.Parameter(torch.ones(num_channels))
+    module.bias = nn.Parameter(torch.zeros(num_channels))
+    if running_mean:
+        module.register_buffer("running_mean", torch.zeros(num_channels))
+    module.register_buffer("running_var", torch.ones(num_channels))
+    if counter:
+        module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+
+class RunningStatsNorm(nn.Module):
+    """Base of the BN variants whose eval is exactly BN's with the running statistics (Batch Renorm,
+    Ghost BN): BN's parameters and buffers (see add_bn_state), that eval forward and its
+    eval_affine; a subclass adds its options, its training forward and its extra_repr."""
+
+    # registered by add_bn_state; declared for type checkers
+    weight: nn.Parameter
+    bias: nn.Parameter
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
+    def __init__(self, num_channels: int, dim: int, eps: float, momentum: float) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.dim = dim
+        self.eps = eps
+        self.momentum = momentum
+        add_bn_state(self, num_channels)
+
+    def eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BN's eval: (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    @torch.no_grad()
+    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse
+        folds it into the preceding conv/linear): eval is BN's with the running statistics."""
+        return running_stats_affine(
+            self.weight, self.bias, self.running_mean, self.running_var, self.eps
+        )

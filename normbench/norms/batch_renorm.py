@@ -3,26 +3,22 @@ NeurIPS 2017)."""
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._common import (
-    NormConfigError,
+    RunningStatsNorm,
     check_eps,
     check_input,
     check_int,
     check_layer,
     check_momentum,
-    running_stats_affine,
+    check_number,
 )
 from ._fused import biased_var_mean
 
 
-class BatchRenorm(nn.Module):
+class BatchRenorm(RunningStatsNorm):
     """Batch Renormalization (the paper's Algorithm 1), with the paper's warm-up of the clip bounds.
 
     Training: BN with the batch statistics corrected by r and d (clipped, no gradient) towards the
@@ -50,18 +46,9 @@ class BatchRenorm(nn.Module):
         rmax_iters: int = 4000,
         dmax_iters: int = 2500,
     ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
-        self.dim = dim
-        self.eps = eps
-        self.momentum = momentum
+        super().__init__(num_channels, dim, eps, momentum)
         self.r_max, self.d_max = r_max, d_max
         self.warmup_start, self.rmax_iters, self.dmax_iters = warmup_start, rmax_iters, dmax_iters
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_var", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def _ramp(self, t: torch.Tensor, end: int) -> torch.Tensor:
         """0 until warmup_start, then linear, 1 from `end` on."""
@@ -81,9 +68,7 @@ class BatchRenorm(nn.Module):
         check_input(self, x, self.dim, self.num_channels)
         shape = (1, self.num_channels) + (1,) * (x.dim() - 2)
         if not self.training:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
+            return self.eval_forward(x)
 
         axes = (0,) + tuple(range(2, x.dim()))
         n = x.numel() // self.num_channels
@@ -111,33 +96,12 @@ class BatchRenorm(nn.Module):
         shift = self.bias + self.weight * d - mean_b * scale
         return x * scale.view(shape) + shift.view(shape)
 
-    @torch.no_grad()
-    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse
-        folds it into the preceding conv/linear): eval is BN's with the running statistics."""
-        return running_stats_affine(
-            self.weight, self.bias, self.running_mean, self.running_var, self.eps
-        )
-
     def extra_repr(self) -> str:
         return (
             f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max} "
             f"(from 1 at step {self.warmup_start} to step {self.rmax_iters}), d_max={self.d_max} "
             f"(from 0 at step {self.warmup_start} to step {self.dmax_iters}), dim={self.dim}"
         )
-
-
-def _check_bound(option: str, value: object, minimum: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise NormConfigError(
-            f"norm 'brn': {option} must be a finite number >= {minimum:g}, got {value!r}"
-        )
-    return float(value)
 
 
 def batch_renorm(
@@ -160,8 +124,8 @@ def batch_renorm(
     check_layer("brn", num_channels, dim)
     eps = check_eps("brn", eps)
     momentum = check_momentum("brn", momentum)
-    r_max = _check_bound("r_max", r_max, 1.0)
-    d_max = _check_bound("d_max", d_max, 0.0)
+    r_max = check_number("brn", "r_max", r_max, 1)
+    d_max = check_number("brn", "d_max", d_max, 0)
     warmup_start = check_int("brn", "warmup_start", warmup_start, minimum=0)
     rmax_iters = check_int("brn", "rmax_iters", rmax_iters, minimum=warmup_start)
     dmax_iters = check_int("brn", "dmax_iters", dmax_iters, minimum=warmup_start)

@@ -16,7 +16,7 @@ from ._common import (
     check_momentum,
 )
 from ._fused import biased_var_mean, channel_maximum
-from .group_norm import resolve_groups
+from .group_norm import describe_groups, resolve_groups
 
 # Every variance in this file is BIASED (mean of squared deviations), as in the authors' code, and
 # act=False normalizes where the authors' code applies an affine only: see docs/norms.md#evonorm.
@@ -139,9 +139,7 @@ class EvoNormS0(nn.Module):
         return num * (scale * self.weight.view(shape)) + self.bias.view(shape)
 
     def extra_repr(self) -> str:
-        groups = f"groups={self.num_groups}"
-        if self.requested_groups != self.num_groups:
-            groups += f" (requested {self.requested_groups})"
+        groups = describe_groups(self.num_groups, self.requested_groups)
         act = "" if self.act else ", act=False (x / group std, affine)"
         return f"{self.num_channels}, {groups}, eps={self.eps}, dim={self.dim}{act}"
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._common import (
+    RunningStatsNorm,
     check_eps,
     check_input,
     check_int,
     check_layer,
     check_momentum,
-    running_stats_affine,
 )
 from ._fused import biased_var_mean
 
@@ -31,13 +30,14 @@ def ghost_sizes(batch: int, ghost_batch: int) -> list[int]:
     return [base + 1] * extra + [base] * (k - extra)
 
 
-class GhostBatchNorm(nn.Module):
+class GhostBatchNorm(RunningStatsNorm):
     """BN whose training statistics come from virtual ("ghost") batches of about `ghost_batch`
     images.
 
     Training: each virtual batch of `ghost_sizes` (consecutive images) is normalized with its own
     statistics, and the running statistics move once per virtual batch, in order, as if BN ran on
-    each in turn. Eval: BN with the running stats. See docs/norms.md#ghost-batch-normalization.
+    each in turn (`num_batches_tracked` counts virtual batches). Eval: BN with the running stats.
+    See docs/norms.md#ghost-batch-normalization.
     """
 
     def __init__(
@@ -48,25 +48,13 @@ class GhostBatchNorm(nn.Module):
         momentum: float = 0.1,
         dim: int = 2,
     ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
+        super().__init__(num_channels, dim, eps, momentum)
         self.ghost_batch = ghost_batch
-        self.eps = eps
-        self.momentum = momentum
-        self.dim = dim
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_var", torch.ones(num_channels))
-        # virtual batches seen
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
         if not self.training:
-            return F.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
+            return self.eval_forward(x)
 
         sizes = ghost_sizes(x.shape[0], self.ghost_batch)
         per_image = x[0].numel() // self.num_channels  # H * W (1 on features)
@@ -114,14 +102,6 @@ class GhostBatchNorm(nn.Module):
         self.running_mean.mul_(keep).add_((weights * means).sum(0))
         self.running_var.mul_(keep).add_((weights * variances).sum(0))
         self.num_batches_tracked.add_(k)
-
-    @torch.no_grad()
-    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), float64, with eval output = scale * x + shift per channel (normbench.fuse
-        folds it into the preceding conv/linear): eval is BN's with the running statistics."""
-        return running_stats_affine(
-            self.weight, self.bias, self.running_mean, self.running_var, self.eps
-        )
 
     def extra_repr(self) -> str:
         return (

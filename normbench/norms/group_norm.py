@@ -38,6 +38,15 @@ def resolve_groups(
     return max([d for d in _divisors(num_channels) if d <= cap], default=1)
 
 
+def describe_groups(num_groups: int, requested_groups: int) -> str:
+    """How a repr names a layer's groups: "groups=G", and " (requested R)" where the configured R
+    was not used."""
+    groups = f"groups={num_groups}"
+    if requested_groups != num_groups:
+        groups += f" (requested {requested_groups})"
+    return groups
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm that checks its input layout and remembers the groups it was asked for.
 
@@ -62,9 +71,7 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
     def extra_repr(self) -> str:
-        groups = f"groups={self.num_groups}"
-        if self.requested_groups != self.num_groups:
-            groups += f" (requested {self.requested_groups})"
+        groups = describe_groups(self.num_groups, self.requested_groups)
         return f"{self.num_channels}, {groups}, eps={self.eps}, dim={self.dim}"
 
 

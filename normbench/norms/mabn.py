@@ -3,15 +3,21 @@ Propagation of Batch Normalization", ICLR 2020)."""
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import NormConfigError, check_eps, check_input, check_int, check_layer
+from ._common import (
+    NormConfigError,
+    add_bn_state,
+    check_eps,
+    check_input,
+    check_int,
+    check_layer,
+    check_number,
+)
 
 
 class MovingAverageBatchNorm(nn.Module):
@@ -30,6 +36,11 @@ class MovingAverageBatchNorm(nn.Module):
         renorm_iters: r is 1 for iterations t <= max(renorm_iters, warmup_iters).
         r_max: then r is clipped to [1/r_max, r_max].
     """
+
+    # registered by add_bn_state; declared for type checkers
+    weight: nn.Parameter
+    bias: nn.Parameter
+    running_var: torch.Tensor
 
     def __init__(
         self,
@@ -51,9 +62,7 @@ class MovingAverageBatchNorm(nn.Module):
         self.warmup_iters = warmup_iters
         self.renorm_iters = renorm_iters
         self.r_max = r_max
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_var", torch.ones(num_channels))
+        add_bn_state(self, num_channels, running_mean=False, counter=False)
         self.register_buffer("chi2_buffer", torch.zeros(buffer_size, num_channels))
         self.register_buffer("psi_buffer", torch.zeros(buffer_size, num_channels))
         self.register_buffer("iters", torch.tensor(0, dtype=torch.long))
@@ -308,20 +317,6 @@ def _renorm_denominator(
     return var_eps, denom, 0.0
 
 
-def _check_real(option: str, value: object, low: float, high: float = math.inf) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-        raise NormConfigError(
-            f"norm 'mabn': {option} must be a finite number {bounds}, got {value!r}"
-        )
-    return float(value)
-
-
 def moving_average_batch_norm(
     num_channels: int,
     dim: int = 2,
@@ -347,11 +342,11 @@ def moving_average_batch_norm(
     """
     check_layer("mabn", num_channels, dim)
     eps = check_eps("mabn", eps)
-    momentum = _check_real("momentum", momentum, 0.0, 1.0)
+    momentum = check_number("mabn", "momentum", momentum, 0, 1)
     buffer_size = check_int("mabn", "buffer_size", buffer_size, minimum=1)
     warmup_iters = check_int("mabn", "warmup_iters", warmup_iters, minimum=0)
     renorm_iters = check_int("mabn", "renorm_iters", renorm_iters, minimum=0)
-    r_max = _check_real("r_max", r_max, 1.0)
+    r_max = check_number("mabn", "r_max", r_max, 1)
     # the backbone reads it by truthiness: only a real bool is safe
     if not isinstance(center_weights, bool):
         raise NormConfigError(

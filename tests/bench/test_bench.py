@@ -116,24 +116,15 @@ def test_quick_bench_json_has_the_measurements(quick_bench):
         assert row["speedup"] == pytest.approx(row["unfolded_ms"] / row["folded_ms"])
 
 
+def quick_norms_bench(normbench, out, norms: str, *options: str):
+    """`normbench bench --quick` on the CPU: the norms section only, one repeat, JSON to `out`."""
+    args = ["--device", "cpu", "--only", "norms", "--norms", norms, "--repeats", "1"]
+    return normbench("bench", "--quick", *args, *options, "--out", str(out))
+
+
 def test_norms_section_with_fast_path_options(normbench, tmp_path):
     out = tmp_path / "norms.json"
-    result = normbench(
-        "bench",
-        "--quick",
-        "--device",
-        "cpu",
-        "--only",
-        "norms",
-        "--norms",
-        "gn",
-        "--amp",
-        "--channels-last",
-        "--repeats",
-        "1",
-        "--out",
-        str(out),
-    )
+    result = quick_norms_bench(normbench, out, "gn", "--amp", "--channels-last")
     assert result.code == 0, result.err
     assert "fast path: amp=true channels_last=true" in result.out
     assert "== loop overhead" not in result.out and "== eval latency" not in result.out
@@ -156,20 +147,7 @@ def test_a_norm_the_fast_path_cannot_run_is_reported_and_the_others_are_timed(
 
     monkeypatch.setattr(FilterResponseNorm, "forward", broken)
     out = tmp_path / "norms.json"
-    result = normbench(
-        "bench",
-        "--quick",
-        "--device",
-        "cpu",
-        "--only",
-        "norms",
-        "--norms",
-        "frn,gn",
-        "--repeats",
-        "1",
-        "--out",
-        str(out),
-    )
+    result = quick_norms_bench(normbench, out, "frn,gn")
     assert result.code == 0, result.err
     assert "frn" in result.out and "failed" in result.out and "128 v.s. 2048" in result.out
     rows = {row["norm"]: row for row in json.loads(out.read_text())["norms"]["rows"]}

@@ -52,18 +52,27 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     return path
 
 
-def tiny_fashion(folder: Path, gz: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
-    """Write the four Fashion-MNIST files with N_TRAIN / N_TEST images, labels 0..9 in turn."""
+def write_tiny_idx_set(
+    folder: Path, n_train: int, n_test: int, seed: int, gz: bool, shuffle_train_labels: bool
+) -> dict[str, np.ndarray]:
+    """Write the four idx files (MNIST and Fashion-MNIST names) of random 28x28 images, labels
+    0..9 in turn (train labels shuffled if asked); returns the arrays by FILES key."""
     rng = np.random.default_rng(seed)
-    arrays = {
-        "train_images": rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8),
-        "train_labels": rng.permutation(np.arange(N_TRAIN) % 10).astype(np.uint8),
-        "test_images": rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8),
-        "test_labels": (np.arange(N_TEST) % 10).astype(np.uint8),
-    }
+    train_labels = np.arange(n_train) % 10
+    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)}
+    if shuffle_train_labels:
+        train_labels = rng.permutation(train_labels)
+    arrays["train_labels"] = train_labels.astype(np.uint8)
+    arrays["test_images"] = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
+    arrays["test_labels"] = (np.arange(n_test) % 10).astype(np.uint8)
     for key, name in fm.FILES.items():
         write_idx(folder / name, arrays[key], gz=gz)
     return arrays
+
+
+def tiny_fashion(folder: Path, gz: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write the four Fashion-MNIST files with N_TRAIN / N_TEST images, labels 0..9 in turn."""
+    return write_tiny_idx_set(folder, N_TRAIN, N_TEST, seed, gz, shuffle_train_labels=True)
 
 
 @pytest.fixture

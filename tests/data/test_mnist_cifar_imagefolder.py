@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_data import write_idx
+from test_data import write_tiny_idx_set
 
 from normbench import epochs
 from normbench.data import DATASETS, TensorData, cifar, idx_images, load_data, mnist, tensor_batches
@@ -50,16 +50,7 @@ MNIST_TRAIN, MNIST_TEST = 40, 20
 
 
 def tiny_mnist(folder: Path, gz: bool = True) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(7)
-    arrays = {
-        "train_images": rng.integers(0, 256, (MNIST_TRAIN, 28, 28), dtype=np.uint8),
-        "train_labels": (np.arange(MNIST_TRAIN) % 10).astype(np.uint8),
-        "test_images": rng.integers(0, 256, (MNIST_TEST, 28, 28), dtype=np.uint8),
-        "test_labels": (np.arange(MNIST_TEST) % 10).astype(np.uint8),
-    }
-    for key, name in idx_images.FILES.items():
-        write_idx(folder / name, arrays[key], gz=gz)
-    return arrays
+    return write_tiny_idx_set(folder, MNIST_TRAIN, MNIST_TEST, 7, gz, shuffle_train_labels=False)
 
 
 @pytest.fixture
