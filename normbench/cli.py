@@ -51,6 +51,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
     debug: bool = DEBUG_OPTION,
 ) -> None:
+    # deferred, like every command that trains: torch takes seconds to import; --help does not
     from .config import compose
     from .runner import run as run_one
 
@@ -66,7 +67,7 @@ def run(
             "interrupted: rerun the same command to resume from the last checkpoint", err=True
         )
         raise typer.Exit(130) from None
-    from .distributed import is_main
+    from .distributed import is_main  # already imported by the runner above
     from .records import Status
 
     if not is_main():  # torchrun: rank 0 reports the run

@@ -82,6 +82,8 @@ def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     over processes as torch's GPU kernel does. Two passes (mean, then centred squares) rather than
     E[x^2] - E[x]^2, which cancels badly; running statistics are updated as BN does (unbiased
     variance over all images)."""
+    # deferred: torch.distributed.nn exists only in builds with distributed support, and only a
+    # synchronised forward (several processes) needs it
     from torch.distributed.nn.functional import all_reduce
 
     group = layer.process_group or dist.group.WORLD
