@@ -61,16 +61,16 @@ def non_default_settings(
     ]
     baseline = flat_config(picked, user_config_dir)
     skip = set(IDENTITY_KEYS)
-    differ = {}
+    non_default = {}
     for key, value in flatten(cfg).items():
         if key in skip or not changes_results(key):
             continue
         if key not in baseline or baseline[key] != value:
-            differ[key] = value
-    return differ
+            non_default[key] = value
+    return non_default
 
 
-def run_key(cfg: DictConfig, differ: dict[str, Any]) -> str:
+def run_key(cfg: DictConfig, non_default: dict[str, Any]) -> str:
     """`<data>-<backbone>-<norm>-b<batch>x<accum>-s<seed>`, `-w<world_size>` for a torchrun run of
     more than one process (a different experiment: its SGD batch is batch * accum * world_size),
     plus a short hash of the non-default settings."""
@@ -79,10 +79,10 @@ def run_key(cfg: DictConfig, differ: dict[str, Any]) -> str:
     )
     if distributed.world_size() > 1:
         key += f"-w{distributed.world_size()}"
-    if differ:
-        digest = hashlib.sha1(json.dumps(differ, sort_keys=True, default=str).encode()).hexdigest()[
-            :8
-        ]
+    if non_default:
+        digest = hashlib.sha1(
+            json.dumps(non_default, sort_keys=True, default=str).encode()
+        ).hexdigest()[:8]
         key += f"-{digest}"
     return key
 

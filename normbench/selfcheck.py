@@ -15,7 +15,7 @@ from .fuse import eval_affine, fold_norms
 from .norms import NORMS, build_norm
 from .norms import reference as ref
 from .norms.ghost_batch_norm import ghost_sizes
-from .norms.scratch_bn import batch_norm as scratch_batch_norm
+from .norms.scratch_bn import scratch_batch_norm
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 

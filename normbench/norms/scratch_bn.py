@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 
-def batch_norm(
+def scratch_batch_norm(
     x: torch.Tensor,
     gamma: torch.Tensor,
     beta: torch.Tensor,
