@@ -10,11 +10,12 @@ from pathlib import Path
 import typer
 
 from . import log
-from .config import config_dir, did_you_mean
+from .config import config_dir
 from .errors import UserError
 from .help_text import SWEEP_HELP, config_help
 from .study.formats import render, write_text
 from .study.tables import build_table
+from .values import did_you_mean
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 # options `run` and `sweep` share: one object each, so their flags and help stay the same

@@ -70,43 +70,36 @@ def compose(
     """One config from the shipped configs, an optional user config dir and Hydra overrides.
 
     With `with_choices`, also returns the option picked in each config group (e.g. {"norm": "gn"}).
-    Composed once per set of arguments and config files (Hydra takes ~0.1 s a time; a sweep composes
+    Composed once per set of arguments and config files (Hydra takes ~0.2 s a time; a sweep composes
     a baseline per run); every call gets its own copy, free to change.
     """
-    overrides = tuple(overrides)
-    search_path = tuple(search_path_overrides(user_config_dir))
-    if any("searchpath" in override for override in overrides):  # files we do not fingerprint
-        cfg, choices = _run_config(overrides, search_path)
-    else:
-        cfg, choices = _cached_run_config(overrides, search_path, _fingerprint(search_path))
-        cfg, choices = copy.deepcopy(cfg), dict(choices)
+    cfg, choices = _shared_config(overrides, user_config_dir)
+    cfg, choices = copy.deepcopy(cfg), dict(choices)
     return (cfg, choices) if with_choices else cfg
 
 
 def flat_config(
     overrides: Iterable[str] = (), user_config_dir: str | os.PathLike | None = None
 ) -> dict[str, Any]:
-    """`flatten(compose(overrides, user_config_dir))`, kept per process like compose's configs but
-    without copying a DictConfig per call (a sweep asks for a baseline once per cell)."""
-    overrides = tuple(overrides)
-    search_path = tuple(search_path_overrides(user_config_dir))
-    if any("searchpath" in override for override in overrides):
-        return flatten(_run_config(overrides, search_path)[0])
-    return dict(_cached_flat_config(overrides, search_path, _fingerprint(search_path)))
+    """`flatten(compose(overrides, user_config_dir))` without copying the DictConfig first."""
+    return flatten(_shared_config(overrides, user_config_dir)[0])
 
 
 def group_defaults(user_config_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """The option each config group takes when nothing picks one (e.g. {"norm": "bn"})."""
+    return dict(_shared_config((), user_config_dir)[1])
+
+
+def _shared_config(
+    overrides: Iterable[str], user_config_dir: str | os.PathLike | None
+) -> tuple[DictConfig, dict[str, str]]:
+    """The composed config and its group choices, from the per-process cache: read-only, callers
+    copy before changing anything."""
+    overrides = tuple(overrides)
     search_path = tuple(search_path_overrides(user_config_dir))
-    return dict(_cached_run_config((), search_path, _fingerprint(search_path))[1])
-
-
-@functools.lru_cache(maxsize=512)
-def _cached_flat_config(
-    overrides: tuple[str, ...], search_path: tuple[str, ...], fingerprint: tuple
-) -> dict[str, Any]:
-    """flat_config's cache; read-only for callers (flat_config hands out a copy)."""
-    return flatten(_cached_run_config(overrides, search_path, fingerprint)[0])
+    if any("searchpath" in override for override in overrides):  # files we do not fingerprint
+        return _run_config(overrides, search_path)
+    return _cached_run_config(overrides, search_path, _fingerprint(search_path))
 
 
 def _run_config(

@@ -36,6 +36,10 @@ class Status(str, Enum):
         return self.value
 
 
+class NotARunRecord(ValueError):
+    """A record.json that parses but is not a run record (no known status, or no config)."""
+
+
 def empty_metrics() -> dict[str, Any]:
     names = ("test_error", "test_acc", "best_test_error", "median5_test_error")
     return {
@@ -87,16 +91,27 @@ class RunRecord:
         return cls(**fields, extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod
-    def load(cls, path: Path) -> RunRecord | None:
-        """The record in `path` (a run dir or its record.json), or None when there is none or it
-        cannot be parsed (e.g. cut short by a full disk)."""
+    def read(cls, path: Path) -> RunRecord:
+        """The record in `path` (a run dir or its record.json). OSError or ValueError (JSON, text
+        encoding) when it cannot be read; NotARunRecord when it parses but is no run record."""
         path = Path(path)
         if path.is_dir() or path.name != RECORD_FILE:
             path = path / RECORD_FILE
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise NotARunRecord(f"{path}: no status or config")
         try:
-            data = json.loads(path.read_text())
-            return cls.from_dict(data) if isinstance(data, dict) else None
-        except (OSError, ValueError, KeyError, TypeError):
+            return cls.from_dict(data)
+        except (KeyError, ValueError) as error:  # no status, or one this version does not know
+            raise NotARunRecord(f"{path}: no status or config") from error
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord | None:
+        """`read`, or None when there is no readable run record (e.g. one cut short by a full
+        disk)."""
+        try:
+            return cls.read(path)
+        except (OSError, ValueError):
             return None
 
     def to_dict(self) -> dict[str, Any]:

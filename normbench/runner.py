@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -90,9 +90,9 @@ def plan_run(
 
 def run_planned(plan: RunPlan, force: bool = False) -> RunResult:
     """Train the planned run, resuming its checkpoint; a final run is skipped unless `force`."""
-    finished = final_record(plan.run_dir, force)
-    if finished is not None:
-        return RunResult(plan.run_dir, finished, skipped=True)
+    previous = RunRecord.load(plan.run_dir)
+    if is_final(previous, force):
+        return RunResult(plan.run_dir, previous, skipped=True)
     cfg = plan.cfg
     with (
         distributed.session(distributed.resolve_device(cfg.device)) as session,
@@ -104,14 +104,14 @@ def run_planned(plan: RunPlan, force: bool = False) -> RunResult:
         if session.is_main:  # one live process trains a run (RunBusy otherwise); rank 0 for all
             on_exit.callback(claim_run(plan.run_dir).release)
         # again: the claim's last holder may have completed the run meanwhile
-        finished = final_record(plan.run_dir, force)
-        if finished is not None:
-            return RunResult(plan.run_dir, finished, skipped=True)
+        previous = RunRecord.load(plan.run_dir)
+        if is_final(previous, force):
+            return RunResult(plan.run_dir, previous, skipped=True)
         steps = training.steps_per_epoch
         progress = on_exit.enter_context(
             closing(session.progress(cfg.log.progress, cfg.epochs, steps))
         )
-        state = resume(plan, training, progress, force)
+        state = resume(plan, training, progress, force, previous)
         record = new_record(plan, training, session)
         if session.is_main:
             atomic_write_bytes(plan.run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
@@ -127,10 +127,9 @@ def run_planned(plan: RunPlan, force: bool = False) -> RunResult:
     return RunResult(plan.run_dir, record)
 
 
-def final_record(run_dir: Path, force: bool) -> RunRecord | None:
-    """The run's record when it is final (completed or diverged) and not `force`d again."""
-    record = RunRecord.load(run_dir)
-    return record if record is not None and record.status.final and not force else None
+def is_final(record: RunRecord | None, force: bool) -> TypeGuard[RunRecord]:
+    """The run is done (completed or diverged) and not `force`d again."""
+    return record is not None and record.status.final and not force
 
 
 def build(plan: RunPlan, session: Session) -> Training:
@@ -162,11 +161,14 @@ def build(plan: RunPlan, session: Session) -> Training:
     )
 
 
-def resume(plan: RunPlan, training: Training, progress: Any, force: bool) -> TrainState:
+def resume(
+    plan: RunPlan, training: Training, progress: Any, force: bool, previous: RunRecord | None
+) -> TrainState:
     """Load the run's checkpoint into `training` and return where it stopped; a fresh state when
-    there is none (or `force`). UserError when the checkpoint belongs to another config."""
+    there is none (or `force`). UserError when the checkpoint belongs to another config.
+    `previous`: the run's record as read after claiming it (None: missing or unreadable)."""
     run_dir, checkpoint_path = plan.run_dir, plan.run_dir / CHECKPOINT
-    if RunRecord.load(run_dir) is None and (run_dir / RECORD_FILE).exists():
+    if previous is None and (run_dir / RECORD_FILE).exists():
         progress.notice(
             f"warning: {run_dir / RECORD_FILE} is unreadable (truncated or corrupt); rewriting it"
         )

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..config import did_you_mean
 from ..distributed import resolve_device
 from ..errors import UserError
 from ..files import write_json
 from ..norms import NORMS
+from ..values import did_you_mean
 from .fold import bench_fold
 from .loop import bench_loop
 from .norms import bench_norms

@@ -6,7 +6,6 @@ cell with `runner.plan_run` and settle its outcome from its run record with `set
 
 from __future__ import annotations
 
-import copy
 import gc
 import logging
 import random
@@ -118,7 +117,6 @@ class CellComposer:
             for key, _ in grid.swept
             if not any(mark in key for mark in "/@") and ("." in key or bare_key(key) not in groups)
         }
-        self.templates: dict[tuple[str, ...], tuple[DictConfig, dict[str, str]]] = {}
 
     def compose(self, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
         values = [text for text in overrides if key_of(text) in self.value_keys]
@@ -126,15 +124,13 @@ class CellComposer:
         rest_keys = {bare_key(key_of(text)) for text in rest}
         if not values or any(_overlaps(bare_key(key_of(v)), rest_keys) for v in values):
             return compose(overrides, self.user_config_dir, with_choices=True)
-        if rest not in self.templates:
-            self.templates[rest] = compose(rest, self.user_config_dir, with_choices=True)
-        template, choices = self.templates[rest]
-        cfg = copy.deepcopy(template)
+        # compose keeps each distinct `rest` per process and hands out a fresh copy
+        cfg, choices = compose(rest, self.user_config_dir, with_choices=True)
         try:
             ConfigLoaderImpl._apply_overrides_to_config([parse(text) for text in values], cfg)
         except (HydraException, OmegaConfBaseException) as error:
             raise UserError(explain_hydra_error(error, overrides)) from error
-        return cfg, dict(choices)
+        return cfg, choices
 
 
 def _overlaps(key: str, others: set[str]) -> bool:

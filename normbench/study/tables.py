@@ -8,7 +8,6 @@ stderr.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import yaml
 
 from ..config import changes_results, flatten
 from ..errors import UserError
-from ..records import RECORD_FILE, RunRecord, Status
+from ..records import RECORD_FILE, NotARunRecord, RunRecord, Status
 
 METRICS = {  # metric -> (label with units, digits shown); lower is better for all of them
     "test_error": ("top-1 test error (%)", 2),
@@ -174,28 +173,17 @@ def load_runs(path: Path | str) -> list[Run]:
 
 
 def _read_run(file: Path) -> Run | None:
-    """The run of one record.json, or None after one warning line saying why it is skipped.
-
-    Parsed here rather than with RunRecord.load, which returns None without saying why.
-    """
+    """The run of one record.json, or None after one warning line saying why it is skipped."""
     try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:  # missing, truncated or not JSON
+        return Run(file, RunRecord.read(file))
+    except NotARunRecord:
+        warn(f"skipping {file}: not a run record (no status or config)")
+    except (OSError, ValueError) as error:  # missing, truncated or not JSON
         warn(
             f"skipping unreadable {file}: {type(error).__name__}: "
             f"{str(error).splitlines()[0][:120]}"
         )
-        return None
-    record = None
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        try:
-            record = RunRecord.from_dict(data)
-        except (KeyError, ValueError, TypeError):  # no status, or one this version does not know
-            pass
-    if record is None:
-        warn(f"skipping {file}: not a run record (no status or config)")
-        return None
-    return Run(file, record)
+    return None
 
 
 def _metric_of(run: Run, metric: str) -> float | None:
