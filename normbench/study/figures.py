@@ -216,7 +216,8 @@ def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
     that have curves (`curves`, keyed by record path). Rows share y so that panels compare at a
     glance."""
     ncols = len(table.cols)
-    fig = Figure(figsize=(0.8 + 3.0 * ncols, 6.2), layout="constrained")
+    # at least as wide as the title's first line and the legend, however few panels
+    fig = Figure(figsize=(max(0.8 + 3.0 * ncols, 7.0), 6.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, ncols, sharex=True, sharey="row", squeeze=False)
     colors = dict(zip(table.rows, _colors(len(table.rows))))
@@ -265,7 +266,7 @@ def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
         else str(min(seed_counts, default=0))
     )
     fig.suptitle(
-        f"train loss (per logged step) and test error (per epoch) vs epoch; "
+        "train loss (per logged step) and test error (per epoch) vs epoch\n"
         f"line = mean over {seeds} seed(s), band = min..max"
     )
     return fig
