@@ -7,24 +7,10 @@ import copy
 
 import torch
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .norms._common import running_stats_affine
+from .norms._common import eval_affine
 
-
-def eval_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(scale, shift) per channel such that norm(x) == scale * x + shift in eval mode, or None when
-    the norm does not become affine at eval (it uses per-sample statistics: LN, IN, GN, FRN, ...).
-
-    torch's BatchNorm classes (BN, SyncBN) use running statistics; our norms that become affine at
-    eval (MABN, BRN, GBN) say so with an `eval_affine()` method."""
-    if hasattr(norm, "eval_affine"):
-        return norm.eval_affine()
-    if isinstance(norm, _BatchNorm) and norm.track_running_stats and norm.running_var is not None:
-        return running_stats_affine(
-            norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
-        )
-    return None
+__all__ = ["eval_affine", "fold_layer", "fold_norms"]
 
 
 def _layer_weight(layer: nn.Module) -> torch.Tensor:

@@ -109,10 +109,16 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def build_model(cfg: Any) -> tuple[nn.Module, NormChoice]:
-    """The model a run config asks for (backbone, norm, data shape), and the NormChoice that built
-    its norms."""
+    """The model a run config asks for (backbone, norm, data shape, simulated devices), and the
+    NormChoice that built its norms."""
     norm_options = OmegaConf.to_container(cfg.norm, resolve=True)
-    norm_layer = NormChoice(norm_options.pop("name"), norm_options)
+    norm_layer = NormChoice(
+        norm_options.pop("name"),
+        norm_options,
+        # sync_bn=true: one set of statistics over every device, simulated or not
+        devices=1 if cfg.get("sync_bn", False) else cfg.get("devices", 1),
+        running_stats=OmegaConf.select(cfg, "eval.running_stats", default="device0"),
+    )
     backbone_options = OmegaConf.to_container(cfg.backbone, resolve=True)
     model = build_backbone(
         backbone_options,

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ..norms import NORMS, NormConfigError, NormSpec, build_norm
+from ..norms import NORMS, NormConfigError, NormSpec, PerDevice, build_norm
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -25,6 +25,10 @@ class NormChoice:
     for (N, C) features. Norms without a meaningful 1-D form (IN) give `nn.Identity` on features,
     and `skipped` says which layers went without a norm, so the run record shows it.
 
+    With `devices` > 1 every norm with per-device statistics (NormSpec.per_device) is a PerDevice
+    layer: a forward takes `devices` chunks of images, each normalized with its own statistics and
+    state; `running_stats` says whose running statistics eval uses.
+
     Backbones place norms with `norm_act(c, activation)` where the original network has norm +
     activation and `norm_only(c)` where it has a norm and no activation; they differ only for a norm
     carrying its own activation (FRN+TLU, EvoNorm). See docs/norms.md#norm-placement.
@@ -34,6 +38,8 @@ class NormChoice:
     options: dict[str, Any] = field(default_factory=dict)
     built: list[nn.Module] = field(default_factory=list, repr=False)
     skipped: list[str] = field(default_factory=list)
+    devices: int = 1
+    running_stats: str = "device0"
 
     @property
     def spec(self) -> NormSpec:
@@ -55,7 +61,14 @@ class NormChoice:
                 f"{self.name} has no 1-D form: no norm on a {num_channels}-feature layer"
             )
             return nn.Identity()
-        module = build_norm(self.name, num_channels, dim=dim, act=act, **self.options)
+
+        def build(channels: int) -> nn.Module:
+            return build_norm(self.name, channels, dim=dim, act=act, **self.options)
+
+        if self.devices > 1 and self.spec.per_device:
+            module: nn.Module = PerDevice(build, num_channels, self.devices, self.running_stats)
+        else:
+            module = build(num_channels)
         self.built.append(module)
         return module
 

@@ -15,6 +15,7 @@ from ._common import NormConfigError
 from .batch_norm import batch_norm
 from .batch_renorm import BatchRenorm, batch_renorm
 from .conv_weight import CONV_WEIGHTS, convert_convs
+from .devices import RUNNING_STATS, PerDevice
 from .evonorm import EvoNormB0, EvoNormS0, evonorm_b0, evonorm_s0
 from .frn import FilterResponseNorm, filter_response_norm
 from .ghost_batch_norm import GhostBatchNorm, ghost_batch_norm
@@ -44,6 +45,8 @@ __all__ = [
     "MovingAverageBatchNorm",
     "EvoNormB0",
     "EvoNormS0",
+    "PerDevice",
+    "RUNNING_STATS",
 ]
 
 
@@ -63,6 +66,14 @@ class NormSpec:
     # for GN+WS)
     # SyncBN can synchronise its batch statistics across processes (sync_bn=true; validate.py)
     syncable: bool = False
+    # its statistics span every device (SyncBN): simulated devices share them rather than each
+    # keeping its own (see per_device)
+    synchronized: bool = False
+
+    @property
+    def per_device(self) -> bool:
+        """With simulated devices each device gets its own statistics and state (PerDevice)."""
+        return self.batch_dependent and not self.synchronized
 
 
 NORMS: dict[str, NormSpec] = {
@@ -125,6 +136,7 @@ NORMS: dict[str, NormSpec] = {
         False,
         True,
         syncable=True,
+        synchronized=True,
     ),
     "brn": NormSpec(
         batch_renorm,

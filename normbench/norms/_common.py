@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from normbench.errors import UserError
 from normbench.values import as_flag, as_int, as_number
@@ -101,6 +102,21 @@ def running_stats_affine(
     if bias is not None:
         shift = shift + bias.double()
     return scale, shift
+
+
+def eval_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) per channel such that norm(x) == scale * x + shift in eval mode, or None when
+    the norm does not become affine at eval (it uses per-sample statistics: LN, IN, GN, FRN, ...).
+
+    torch's BatchNorm classes (BN, SyncBN) use running statistics; our norms that become affine at
+    eval (MABN, BRN, GBN) say so with an `eval_affine()` method."""
+    if hasattr(norm, "eval_affine"):
+        return norm.eval_affine()
+    if isinstance(norm, _BatchNorm) and norm.track_running_stats and norm.running_var is not None:
+        return running_stats_affine(
+            norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+        )
+    return None
 
 
 def add_affine(

@@ -78,6 +78,9 @@ class MovingAverageBatchNorm(nn.Module):
         self._iters = 0  # host mirrors of the two counters
         self._backward_iters = 0
         self._r2, self._inv_r2 = r_max * r_max, 1.0 / (r_max * r_max)
+        # devices whose images the loss averages over (normbench.norms.devices sets it): psi is kept
+        # as one device's own loss gives it, so each simulated device's ring equals a real one's
+        self.loss_devices = 1
         # see _ring
         self._rings: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
 
@@ -251,8 +254,8 @@ class _MABNFunction(torch.autograd.Function):
         buffers["backward_iters"].add_(buffers["_one"])
         ring = layer._ring("psi_buffer")
         psi = ring[2][(k - 1) % layer.buffer_size]
-        # psi = E[g z] = weight * sum(dy r z) / n
-        torch.addcmul(buffers["_zeros"], weight, dweight, value=1.0 / ctx.n, out=psi)
+        # psi = E[g z] = weight * sum(dy r z) / n, for one device's loss
+        torch.addcmul(buffers["_zeros"], weight, dweight, value=layer.loss_devices / ctx.n, out=psi)
         if need_x:
             psibar = psi if ctx.raw else layer._ring_mean(ring, k)
             # dx = (g - z * psibar) / sqrt(var+eps) = dx0 - x * psibar / (var+eps)
@@ -262,7 +265,8 @@ class _MABNFunction(torch.autograd.Function):
                 else torch.add(ctx.denom, layer._constants()[0])
             )
             coef = torch.div(psibar, var_eps)
-            dx.addcmul_(x, coef if layer.dim == 1 else coef.view(-1, 1, 1), value=-1.0)
+            coef = coef if layer.dim == 1 else coef.view(-1, 1, 1)
+            dx.addcmul_(x, coef, value=-1.0 / layer.loss_devices)
         return dx, dweight if need_weight else None, dbias if need_bias else None, None
 
 
