@@ -290,13 +290,13 @@ def bench(
         False, "--quick", help="Small sizes, one or two repeats: seconds, rough ratios."
     ),
     only: str | None = typer.Option(
-        None, "--only", help="Sections, comma list of loop, norms, fold (default all)."
+        None, "--only", help="Sections, comma list of loop, norms, fold, devices (default all)."
     ),
     norms: str | None = typer.Option(
         None,
         "--norms",
-        help="Norms of the norms section, comma list (default every registered norm; bn is "
-        "always measured, the reference).",
+        help="Norms of the norms section (default every registered norm; bn is always measured, "
+        "the reference) and of the devices section (default bn, gn, mabn), comma list.",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Write every measurement as JSON to this file."
@@ -305,7 +305,7 @@ def bench(
         None, "--threads", help="torch intra-op threads (1 on a shared machine)."
     ),
     repeats: int | None = typer.Option(
-        None, "--repeats", help="Repeats of every section (default 3 epochs, 9 steps, 30 forwards)."
+        None, "--repeats", help="Repeats of every section (default 3, 9, 30 and 31)."
     ),
     norm_batch: int | None = typer.Option(
         None, "--norm-batch", help="Images per step, norms section (16)."
@@ -313,19 +313,20 @@ def bench(
     image_size: int | None = typer.Option(
         None, "--image-size", help="Input px, norms section (32)."
     ),
-    amp: bool = typer.Option(False, "--amp", help="Norms section with bf16 autocast (amp=true)."),
+    amp: bool = typer.Option(False, "--amp", help="Norms and devices sections with amp=true."),
     channels_last: bool = typer.Option(
-        False, "--channels-last", help="Norms section with channels_last=true."
+        False, "--channels-last", help="Norms and devices sections with channels_last=true."
     ),
     compile_mode: str | None = typer.Option(
         None,
         "--compile",
-        help="Norms section with torch.compile: default, reduce-overhead or max-autotune.",
+        help="Norms and devices sections with torch.compile: default, reduce-overhead or "
+        "max-autotune.",
     ),
 ) -> None:
     """Loop overhead (normbench vs a minimal loop vs the DataLoader loop), train-step time and
-    activation memory of every norm on ResNet-18 relative to BN, and eval latency with BN folded;
-    ratios with their targets."""
+    activation memory of every norm on ResNet-18 relative to BN, eval latency with BN folded, and
+    images/s of simulated devices vs one plain batch vs accum; ratios with their targets."""
     from .bench import fast_overrides, run_bench  # deferred: imports torch
 
     run_bench(

@@ -22,8 +22,16 @@ from .errors import UserError
 from .values import did_you_mean
 
 # Keys of the run's identity (they name the run dir) and keys that never change results.
-IDENTITY_KEYS = ("batch", "accum", "seed")
+IDENTITY_KEYS = ("batch", "devices", "accum", "seed")
 NON_RESULT_KEYS = ("out", "device", "log", "data.workers")
+# Keys added after records and checkpoints were first written, with the value that trains as a run
+# without them did: an old record or checkpoint reads as if it had them.
+ADDED_KEYS = {"devices": 1, "sgd_batch": None, "eval.running_stats": "device0"}
+
+
+def with_added_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flat config (or identity) with ADDED_KEYS filled in where it lacks them."""
+    return {**ADDED_KEYS, **flat}
 
 
 def changes_results(key: str) -> bool:

@@ -1,13 +1,16 @@
 """Data-parallel runs over the processes torchrun starts (`torchrun --nproc_per_node=N -m normbench
-run ...`), seen by a run through one explicit context: `session(device)` yields a `Session`.
+run ...`), seen by a run through one explicit context: `session(device, devices)` yields a
+`Session`.
 
-Each process is one device: `batch` stays the per-device batch (what a batch-dependent norm sees),
+Each process holds `devices` simulated devices (config key `devices`, 1 by default): `batch` stays
+the per-device batch (what a batch-dependent norm sees), each forward takes batch * devices images,
 the model is wrapped in DistributedDataParallel (gradients averaged over processes), and the SGD
-batch becomes batch * accum * world_size. Every process draws the same epoch permutation from the
-seeded generator and takes its own shard of it (`normbench.data.Shard`), so W processes x batch B
-train on exactly the images, and with exactly the per-device batch statistics, of one process with
-accum = W (BN running statistics aside: each process keeps its own, and rank 0's are evaluated and
-saved).
+batch becomes batch * devices * accum * world_size. Every process draws the same epoch permutation
+from the seeded generator and takes its own shard of it (`normbench.data.Shard`), so that simulated
+device d of process r sees exactly the images process r * devices + d of a run with
+world_size * devices processes and devices=1 sees: W processes x D devices train like W * D
+processes x 1 device, and like one process with devices = W * D (each process, and each simulated
+device, keeps its own BN running statistics; rank 0's are evaluated and saved).
 
 Rank 0 prints progress, writes TensorBoard and evaluates (the Session's factories give no-ops
 elsewhere); the runner decides that rank 0 alone claims the run and writes its files. Metrics that
@@ -136,20 +139,22 @@ class Session:
     """This process's part of one run: who it is among the run's processes, and the few operations
     that differ between one process and several.
 
-    Simulated devices (several devices inside one process, the next issue) belong here as one more
-    field, `devices: int = 1`: the SGD batch and the shards would count world_size * devices
-    replicas, and `wrap` would return a module giving each of the `devices` slices of a micro-batch
-    its own BN statistics; the runner and the epoch loop keep asking this object only.
+    Simulated devices (several devices inside one process) are the field `devices`: the shards
+    count world_size * devices replicas and every micro-batch holds batch * devices images; the
+    model (normbench.backbones.build_model) gives each simulated device's images their own batch
+    statistics. The runner and the epoch loop keep asking this object only.
 
     Args:
         device: this process's device (cuda:LOCAL_RANK under torchrun with CUDA).
         rank: this process's rank, 0 in one process.
         world_size: processes training the run.
+        devices: simulated data-parallel devices in this process.
     """
 
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    devices: int = 1
     # the model last wrapped by `wrap`, and its DDP wrapper (made once per run, then reused)
     _model: nn.Module | None = field(default=None, repr=False)
     _wrapper: DistributedDataParallel | None = field(default=None, repr=False)
@@ -183,16 +188,16 @@ class Session:
     def train_batches(
         self, data: DataSource, batch: int, count: int, accum: int, generator: torch.Generator
     ) -> Iterator[Batch]:
-        """`data.train_batches(batch, count, generator)` for this process: in one process exactly
-        that; with W processes this process's `count` micro-batches out of the epoch's W * count
-        (see normbench.data.Shard), every process drawing the same randomness so their generators
-        stay equal. Gradients are all-reduced only after the last micro-batch of each SGD step
-        (what DDP's no_sync() does for the others)."""
-        if self.world_size == 1:
+        """`count` micro-batches of `batch * devices` images for this process: in one process with
+        one device exactly `data.train_batches(batch, count, generator)`; otherwise this process's
+        part of an epoch of W processes x D devices (see normbench.data.Shard), every process
+        drawing the same randomness so their generators stay equal. Gradients are all-reduced only
+        after the last micro-batch of each SGD step (what DDP's no_sync() does for the others)."""
+        if self.world_size == 1 and self.devices == 1:
             return data.train_batches(batch, count, generator)
-        shard = Shard(self.rank, self.world_size, accum)
+        shard = Shard(self.rank, self.world_size, accum, self.devices)
         mine = data.train_batches(batch, count, generator, shard=shard)  # draws now
-        return self._sync_last_micro_batch(mine, accum)
+        return mine if self.world_size == 1 else self._sync_last_micro_batch(mine, accum)
 
     def _sync_last_micro_batch(self, batches: Iterator[Batch], accum: int) -> Iterator[Batch]:
         # The flag is the one DistributedDataParallel.no_sync() clears; DDP reads it in the forward
@@ -243,8 +248,9 @@ class Session:
 
 
 @contextmanager
-def session(device: torch.device) -> Iterator[Session]:
-    """Join torchrun's process group for one run and leave it afterwards; yields the run's Session.
+def session(device: torch.device, devices: int = 1) -> Iterator[Session]:
+    """Join torchrun's process group for one run and leave it afterwards; yields the run's Session,
+    with `devices` simulated devices in this process.
 
     gloo on the CPU, nccl on CUDA (one GPU per process, cuda:LOCAL_RANK). In one process nothing is
     set up. A group that already exists (made by the caller) is used as it is and left alone. On
@@ -252,7 +258,7 @@ def session(device: torch.device) -> Iterator[Session]:
     process returns."""
     device = process_device(device)
     if world_size() == 1:
-        yield Session(device)
+        yield Session(device, devices=devices)
         return
     owns = not dist.is_initialized()  # False: the group was made by the caller, who destroys it
     if owns:
@@ -262,7 +268,7 @@ def session(device: torch.device) -> Iterator[Session]:
         else:
             dist.init_process_group("gloo")
     try:
-        yield Session(device, rank(), world_size())
+        yield Session(device, rank(), world_size(), devices)
         dist.barrier()
     finally:
         if owns and dist.is_initialized():

@@ -168,7 +168,8 @@ class EpochLoop:
             self.progress.status(f"loss {loss:.4f}")
 
         started = time.perf_counter()
-        # draws this epoch's order (torchrun: the same in every process, each taking its shard)
+        # draws this epoch's order (torchrun: the same in every process, each taking its shard);
+        # micro-batches of batch * devices images, `batch` per simulated device (interleaved)
         batches = session.train_batches(
             training.data, cfg.batch, steps * cfg.accum, cfg.accum, training.generator
         )
@@ -189,7 +190,7 @@ class EpochLoop:
         if session.device.type == "cuda":
             torch.cuda.synchronize(session.device)
         self.state.train_seconds += time.perf_counter() - started
-        self.state.images += stats.images * session.world_size  # over all processes
+        self.state.images += stats.images * session.world_size  # all devices of all processes
         return stats
 
     def _evaluate(self, epoch: int, stats: EpochStats, fast: FastPath) -> dict[str, Any]:

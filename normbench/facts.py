@@ -63,20 +63,29 @@ def setup_facts(plan: RunPlan, training: Training, session: Session) -> dict[str
 
 
 def data_parallel_facts(model: nn.Module, cfg: DictConfig, world_size: int) -> dict[str, Any]:
-    """world_size, whether BN is synchronised, and over how many images a BN-family layer's
-    training statistics are taken (`norm_batch`: batch, or batch * world_size when synchronised)."""
+    """world_size, simulated devices, accum, whether BN is synchronised, and over how many images a
+    batch-dependent norm's training statistics are taken (`norm_batch`: batch per device, or
+    batch * devices * synced processes for SyncBN; null for batch-independent norms)."""
     synced = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
-    synced_over = sync_world_size(model) if synced else 1
+    synced_over = cfg.devices * sync_world_size(model) if synced else 1
     batch_dependent = NORMS[cfg.norm.name].batch_dependent
-    facts: dict[str, Any] = {"world_size": world_size, "sync_bn": synced}
-    if batch_dependent:
-        facts["norm_batch"] = cfg.batch * synced_over
+    facts: dict[str, Any] = {
+        "world_size": world_size,
+        "devices": cfg.devices,
+        "accum": cfg.accum,
+        "sync_bn": synced,
+        "norm_batch": cfg.batch * synced_over if batch_dependent else None,
+    }
     if cfg.get("sync_bn", False) and not batch_dependent:
         facts["sync_bn_note"] = (
             f"norm={cfg.norm.name} uses no batch statistics: sync_bn changes nothing"
         )
     elif synced and synced_over == 1:
         facts["sync_bn_note"] = "one process: SyncBN computes exactly BN over this process's batch"
+    elif synced and world_size == 1:
+        facts["sync_bn_note"] = (
+            f"one process: SyncBN computes exactly BN over the {cfg.devices} devices' batches"
+        )
     return facts
 
 

@@ -30,7 +30,7 @@ def config_help() -> str:
         name = f"{section if indent else ''}{key}"
         if not indent:
             section = ""
-        lines.append(f"  {name + '=' + value:<22} {comment or ''}".rstrip())
+        lines.append(f"  {name + '=' + value:<26} {comment or ''}".rstrip())
     lines += [
         "",
         "Norm options live under norm. (see configs/norm/*.yaml), e.g. norm.groups=8 "

@@ -31,8 +31,10 @@ from .runs import (
     CHECKPOINT,
     CONFIG,
     RunPlan,
+    identity_changes,
     load_checkpoint,
     non_default_settings,
+    resolve_devices,
     result_identity,
     run_key,
 )
@@ -64,7 +66,8 @@ def plan_run(
     user_config_dir: str | None = None,
 ) -> RunPlan:
     """Validate `cfg` (UserError naming the first bad value) and decide the run's key, dir, SGD
-    batch and lr; reads no run file and writes nothing.
+    batch and lr; reads no run file and writes nothing. An `sgd_batch` setting becomes the
+    `devices` it implies first (normbench.runs.resolve_devices), so the plan's config has it.
 
     Args:
         cfg: the composed config.
@@ -72,10 +75,12 @@ def plan_run(
         overrides: the command-line overrides, kept in the record.
         user_config_dir: the extra config folder, if any.
     """
+    world_size = distributed.world_size()
+    cfg = resolve_devices(cfg, world_size)
     validate(cfg)
     non_default = non_default_settings(cfg, choices, user_config_dir)
     key = run_key(cfg, non_default)
-    sgd_batch = cfg.batch * cfg.accum * distributed.world_size()
+    sgd_batch = cfg.batch * cfg.devices * cfg.accum * world_size
     return RunPlan(
         cfg=cfg,
         overrides=list(overrides),
@@ -95,7 +100,7 @@ def run_planned(plan: RunPlan, force: bool = False) -> RunResult:
         return RunResult(plan.run_dir, previous, skipped=True)
     cfg = plan.cfg
     with (
-        distributed.session(distributed.resolve_device(cfg.device)) as session,
+        distributed.session(distributed.resolve_device(cfg.device), cfg.devices) as session,
         ExitStack() as on_exit,
     ):
         # before any file is written: missing data leaves nothing behind
@@ -142,7 +147,7 @@ def build(plan: RunPlan, session: Session) -> Training:
         data.close()
         raise UserError(
             f"the training set has {data.train_size} images, fewer than one SGD batch "
-            f"(batch*accum*world_size = {plan.sgd_batch}): lower batch/accum or "
+            f"(batch*devices*accum*world_size = {plan.sgd_batch}): lower batch/devices/accum or "
             "raise data.train_size"
         )
     torch.manual_seed(cfg.seed)
@@ -182,9 +187,8 @@ def resume(
         )
         return TrainState()
     # e.g. a config file's default changed: never overwrite its results
-    if saved["identity"] != plan.identity:
-        theirs, ours = saved["identity"], plan.identity
-        changed = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
+    changed = identity_changes(saved["identity"], plan.identity)
+    if changed:
         raise UserError(
             f"{checkpoint_path} was written by a different config (differs in "
             f"{', '.join(changed[:4])})"
@@ -204,10 +208,12 @@ def announce(
 ) -> None:
     """The run's opening lines: what trains on what, the data, the norm layers."""
     cfg, data = plan.cfg, training.data
+    devices = f" x {cfg.devices} devices" if cfg.devices > 1 else ""
+    processes = f" x {session.world_size} processes" if session.world_size > 1 else ""
     progress.line(
-        f"run {plan.key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch} x accum "
-        f"{cfg.accum} (SGD batch {plan.sgd_batch}, lr {plan.lr:.4g}), {data.train_size} train "
-        f"images on {session.device}"
+        f"run {plan.key}: {cfg.backbone.name} + {cfg.norm.name}, batch {cfg.batch}{devices} x "
+        f"accum {cfg.accum}{processes} (SGD batch {plan.sgd_batch}, lr {plan.lr:.4g}), "
+        f"{data.train_size} train images on {session.device}"
     )
     progress.line(
         f"data: {data.name} from {data.source} ({data.pipeline}); augmentation: {data.augmentation}"

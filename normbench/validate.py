@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones import BACKBONES, INITS, build_model
 from .config import flat_config
 from .data import DATASETS
-from .distributed import resolve_device
+from .distributed import resolve_device, world_size
 from .errors import UserError
 from .fastpath import check_keys as check_fastpath_keys
-from .norms import NORMS
+from .norms import NORMS, RUNNING_STATS
 from .optim import LR_SCALINGS, SCHEDULES
 from .progress import MODES as PROGRESS_MODES
 from .values import as_bool, as_choice, as_fractions, as_int, as_number, did_you_mean
@@ -28,6 +28,7 @@ def validate(cfg: DictConfig) -> None:
     _registered("norm", cfg.norm.name, NORMS, "norms")
     _registered("data", cfg.data.name, DATASETS, "data")
     check_training(cfg)
+    check_devices(cfg)
     check_optimizer(cfg)
     check_backbone_choices(cfg)
     check_logging(cfg)
@@ -86,6 +87,7 @@ def check_training(cfg: DictConfig) -> None:
         cfg,
         {
             "batch": (1, "32"),
+            "devices": (1, "8"),
             "accum": (1, "8"),
             "epochs": (1, "10"),
             "seed": (0, "0"),
@@ -95,6 +97,38 @@ def check_training(cfg: DictConfig) -> None:
     as_number(_select(cfg, "lr"), "lr", above=0, hint=_example("lr", "0.1"))
     as_choice(_select(cfg, "lr_scaling"), "lr_scaling", LR_SCALINGS)
     resolve_device(cfg.device)
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """sgd_batch (null, or the SGD batch that devices is derived from: it must divide and agree
+    with a devices setting; normbench.runs.resolve_devices derives it) and eval.running_stats."""
+    as_choice(_select(cfg, "eval.running_stats"), "eval.running_stats", RUNNING_STATS)
+    sgd_batch = _select(cfg, "sgd_batch")
+    if sgd_batch is None:
+        return
+    as_int(sgd_batch, "sgd_batch", minimum=1, hint=" (or null): e.g. sgd_batch=32")
+    world = world_size()
+    processes = f" * processes {world}" if world > 1 else ""
+    per_device = cfg.batch * cfg.accum * world
+    product = f"batch {cfg.batch} * accum {cfg.accum}{processes} = {per_device}"
+    if sgd_batch % per_device:
+        lower, higher = (
+            sgd_batch // per_device * per_device,
+            -(-sgd_batch // per_device) * per_device,
+        )
+        suggestion = f"sgd_batch={lower} or {higher}" if lower else f"sgd_batch={higher}"
+        raise UserError(
+            f"sgd_batch={sgd_batch} is not a multiple of {product}: use {suggestion} "
+            "(or change batch/accum)"
+        )
+    derived = sgd_batch // per_device
+    if cfg.devices in (1, derived):  # normbench.runs.resolve_devices makes it devices=derived
+        return
+    raise UserError(
+        f"sgd_batch={sgd_batch} means devices={derived} ({sgd_batch} / ({product})), but "
+        f"devices={cfg.devices} is set: give only one of them (devices={derived} or "
+        f"sgd_batch={cfg.devices * per_device})"
+    )
 
 
 def check_optimizer(cfg: DictConfig) -> None:
@@ -149,14 +183,16 @@ def check_sync_bn(cfg: Any) -> None:
 
 
 def check_batch_statistics(cfg: DictConfig) -> None:
-    """batch=1 leaves a batch-dependent norm no batch statistics."""
+    """batch=1 leaves a batch-dependent norm no batch statistics on each device (however many
+    devices there are)."""
     if cfg.batch == 1 and NORMS[cfg.norm.name].batch_dependent:
         batch_free = ", ".join(
             name for name, spec in NORMS.items() if not spec.batch_dependent and name != "none"
         )
         raise UserError(
-            f"norm={cfg.norm.name} normalizes with batch statistics, which batch=1 does not "
-            f"have: use batch>=2 or a batch-independent norm ({batch_free})"
+            f"norm={cfg.norm.name} normalizes with batch statistics per device, which batch=1 "
+            f"(images per device) does not have: use batch>=2 or a batch-independent norm "
+            f"({batch_free})"
         )
 
 

@@ -39,6 +39,12 @@ SMALL = [
 def torchrun(out: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=2 -m normbench run ...` (a free port, gloo on the
     CPU)."""
+    return torchrun_two("-m", "normbench", "run", *overrides, f"out={out}")
+
+
+def torchrun_two(*program: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 PROGRAM...` in the repo, one thread per process;
+    asserts that it succeeded."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
     command = [
         sys.executable,
@@ -46,13 +52,11 @@ def torchrun(out: Path, *overrides: str) -> subprocess.CompletedProcess:
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        "-m",
-        "normbench",
-        "run",
-        *overrides,
-        f"out={out}",
+        *program,
     ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
 
@@ -242,8 +246,8 @@ def test_off_rank_0_the_session_prints_logs_and_writes_nothing(
     assert capsys.readouterr() == ("", "") and not (tmp_path / "tb").exists()
 
     @contextmanager
-    def rank1_session(device):
-        yield distributed.Session(device, rank=1, world_size=1)
+    def rank1_session(device, devices=1):
+        yield distributed.Session(device, rank=1, world_size=1, devices=devices)
 
     monkeypatch.setattr(distributed, "session", rank1_session)
     out = tmp_path / "out"

@@ -26,8 +26,8 @@ class NormChoice:
     and `skipped` says which layers went without a norm, so the run record shows it.
 
     With `devices` > 1 every norm with per-device statistics (NormSpec.per_device) is a PerDevice
-    layer: a forward takes `devices` chunks of images, each normalized with its own statistics and
-    state; `running_stats` says whose running statistics eval uses.
+    layer: a forward takes the images of `devices` devices, each device's normalized with its own
+    statistics and state; `running_stats` says whose running statistics eval uses.
 
     Backbones place norms with `norm_act(c, activation)` where the original network has norm +
     activation and `norm_only(c)` where it has a norm and no activation; they differ only for a norm

@@ -1,7 +1,8 @@
-"""`normbench bench`: loop overhead, per-norm train-step cost on ResNet-18 and folded-BN eval
-latency, measured in one process (repetitions interleaved, medians), printed side by side with the
-targets of the issue and the machine they come from, and optionally written as JSON so the README's
-numbers trace to a file."""
+"""`normbench bench`: loop overhead, per-norm train-step cost on ResNet-18, folded-BN eval latency
+and the speed of simulated devices against a plain batch and gradient accumulation, measured in one
+process (repetitions interleaved, medians), printed side by side with the targets of the issue and
+the machine they come from, and optionally written as JSON so the README's numbers trace to a
+file."""
 
 from __future__ import annotations
 
@@ -20,12 +21,21 @@ from ..errors import UserError
 from ..files import write_json
 from ..norms import NORMS
 from ..values import did_you_mean
+from .devices import BACKBONES as DEVICE_BACKBONES
+from .devices import DEVICE_NORMS, SHAPES, bench_devices
 from .fold import bench_fold
 from .loop import bench_loop
 from .norms import bench_norms
-from .report import print_fold, print_load, print_loop, print_machine, print_norms
+from .report import (
+    print_devices,
+    print_fold,
+    print_load,
+    print_loop,
+    print_machine,
+    print_norms,
+)
 
-SECTIONS = ("loop", "norms", "fold")
+SECTIONS = ("loop", "norms", "fold", "devices")
 
 
 @dataclass
@@ -43,6 +53,9 @@ class Sizes:
     fold_backbones: list[str] = field(default_factory=lambda: ["lenet", "resnet20", "resnet18"])
     fold_batches: list[int] = field(default_factory=lambda: [1, 32])
     fold_repeats: int = 30
+    device_backbones: list[str] = field(default_factory=lambda: list(DEVICE_BACKBONES))
+    device_shapes: list[tuple[int, int]] = field(default_factory=lambda: list(SHAPES))
+    device_repeats: int = 31
 
 
 QUICK = Sizes(
@@ -54,6 +67,7 @@ QUICK = Sizes(
     fold_backbones=["lenet", "resnet18"],
     fold_batches=[1, 8],
     fold_repeats=3,
+    device_repeats=1,
 )
 
 
@@ -136,7 +150,7 @@ def run_bench(
     """Run the chosen sections, print them as they finish, return (and write to `out`) every
     measurement."""
     sections = parse_list(only, SECTIONS, "--only") or list(SECTIONS)
-    norm_names = parse_list(norms, list(NORMS), "--norms") or list(NORMS)
+    chosen_norms = parse_list(norms, list(NORMS), "--norms")
     check_sizes(sections, threads, repeats, norm_batch, image_size)
     device = resolve_device(device_name, "--device")
     if threads is not None:
@@ -145,7 +159,7 @@ def run_bench(
     results: dict[str, Any] = {"machine": machine(device), "quick": quick}
     print_machine(results["machine"], echo)
     started = time.perf_counter()
-    run_sections(results, sections, device, sizes, norm_names, fast or [], echo)
+    run_sections(results, sections, device, sizes, chosen_norms, fast or [], echo)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - started
     print_load(results, echo)
@@ -166,7 +180,13 @@ def chosen_sizes(
         image_size=image_size or sizes.image_size,
     )
     if repeats:
-        sizes = replace(sizes, loop_repeats=repeats, norm_repeats=repeats, fold_repeats=repeats)
+        sizes = replace(
+            sizes,
+            loop_repeats=repeats,
+            norm_repeats=repeats,
+            fold_repeats=repeats,
+            device_repeats=repeats,
+        )
     return sizes
 
 
@@ -199,11 +219,12 @@ def run_sections(
     sections: list[str],
     device: torch.device,
     sizes: Sizes,
-    norm_names: list[str],
+    chosen_norms: list[str] | None,
     fast: list[str],
     echo: Callable[[str], None],
 ) -> None:
-    """Measure each chosen section into `results` and print it as soon as it is done."""
+    """Measure each chosen section into `results` and print it as soon as it is done; `--norms`
+    (`chosen_norms`, None when not given) picks the norms of the norms and devices sections."""
     if "loop" in sections:
         results["loop"] = bench_loop(
             device, sizes.loop_batches, sizes.loop_images, sizes.loop_repeats
@@ -211,7 +232,12 @@ def run_sections(
         print_loop(results["loop"], echo)
     if "norms" in sections:
         results["norms"] = bench_norms(
-            device, norm_names, sizes.norm_batch, sizes.image_size, sizes.norm_repeats, fast
+            device,
+            chosen_norms or list(NORMS),
+            sizes.norm_batch,
+            sizes.image_size,
+            sizes.norm_repeats,
+            fast,
         )
         print_norms(results["norms"], echo)
     if "fold" in sections:
@@ -219,3 +245,13 @@ def run_sections(
             device, sizes.fold_backbones, sizes.fold_batches, sizes.fold_repeats
         )
         print_fold(results["fold"], echo)
+    if "devices" in sections:
+        results["devices"] = bench_devices(
+            device,
+            sizes.device_backbones,
+            chosen_norms or list(DEVICE_NORMS),
+            sizes.device_shapes,
+            sizes.device_repeats,
+            fast,
+        )
+        print_devices(results["devices"], echo)

@@ -19,7 +19,8 @@ from torch import nn
 
 from ..backbones import build_model
 from ..config import compose
-from ..fastpath import prepare_model
+from ..fastpath import FastPath, prepare_model
+from ..norms import PerDevice
 from ..norms.mabn import MovingAverageBatchNorm
 from ..optim import build_optimizer
 from .timing import Timings, interleaved, synchronizer
@@ -28,16 +29,43 @@ MAX_OVER_BN = 1.3  # the issue's target for every norm's step on ResNet-18
 
 
 def fast_forward(model: nn.Module) -> None:
-    """Move every MABN layer past its warm-up and fixed-r phases to its most expensive one (moving
-    averages both ways, clipped r): the counters are set through load_state_dict, exactly as a
-    resumed run continues; the rings keep the statistics of the steps already taken."""
+    """Move every MABN layer (simulated devices' too) past its warm-up and fixed-r phases to its
+    most expensive one (moving averages both ways, clipped r): the counters are set through
+    load_state_dict, exactly as a resumed run continues; the rings keep the statistics of the steps
+    already taken."""
     for layer in model.modules():
-        if isinstance(layer, MovingAverageBatchNorm):
+        # a PerDevice layer owns the state its train_layer (a plain attribute) computes with
+        mabn = layer.train_layer if isinstance(layer, PerDevice) else layer
+        if isinstance(mabn, MovingAverageBatchNorm):
             state = layer.state_dict()
-            done = max(layer.fixed_r_iters, layer.buffer_size) + 1
+            done = max(mabn.fixed_r_iters, mabn.buffer_size) + 1
             state["iters"] = torch.tensor(done)
             state["backward_iters"] = torch.tensor(done)
             layer.load_state_dict(state)
+
+
+def synthetic_data(channels: int, image_size: int) -> list[str]:
+    """Config overrides for a model on `channels` x `image_size` px inputs (the bench feeds its own
+    random tensors; the data set is never loaded)."""
+    return [
+        "data=synthetic",
+        f"data.image_size={image_size}",
+        f"data.in_channels={channels}",
+        "log.progress=none",
+    ]
+
+
+def build_trainable(
+    overrides: list[str], device: torch.device
+) -> tuple[nn.Module, FastPath, torch.optim.Optimizer]:
+    """(model in train mode, its fast path, SGD at lr 0.01) for a config; seed 0 before building, so
+    every model of the same config starts from the same weights."""
+    cfg = compose(overrides)
+    torch.manual_seed(0)
+    model, norm_layer = build_model(cfg)
+    model.to(device).train()
+    path = prepare_model(model, cfg, device)
+    return model, path, build_optimizer(model, norm_layer.built, cfg, 0.01)
 
 
 def make_step(
@@ -46,13 +74,17 @@ def make_step(
     x: torch.Tensor,
     y: torch.Tensor,
     autocast: Callable[[], Any],
+    accum: int = 1,
 ) -> Callable[[], None]:
-    """One training step as train_epoch takes it."""
+    """One training step as train_epoch takes it: `accum` forwards and backwards of consecutive
+    chunks of `x` (each loss divided by `accum`), then one SGD step."""
+    micro_batches = list(zip(x.chunk(accum), y.chunk(accum), strict=True))
 
     def step() -> None:
-        with autocast():
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        for inputs, targets in micro_batches:
+            with autocast():
+                loss = F.cross_entropy(model(inputs), targets)
+            (loss / accum if accum > 1 else loss).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -146,22 +178,8 @@ def build_steps(
     steps, models, memory = {}, {}, {}
     failed: dict[str, str] = {}
     for name in names:
-        cfg = compose(
-            [
-                "backbone=resnet18",
-                f"norm={name}",
-                "data=synthetic",
-                f"data.image_size={image_size}",
-                "data.in_channels=3",
-                "log.progress=none",
-                *fast,
-            ]
-        )
-        torch.manual_seed(0)
-        model, norm_layer = build_model(cfg)
-        model.to(device).train()
-        path = prepare_model(model, cfg, device)
-        optimizer = build_optimizer(model, norm_layer.built, cfg, 0.01)
+        overrides = ["backbone=resnet18", f"norm={name}", *synthetic_data(3, image_size), *fast]
+        model, path, optimizer = build_trainable(overrides, device)
         step = make_step(path.model, optimizer, x, y, path.autocast)
         # the first step compiles under compile=...: a norm the fast path cannot run is reported,
         # not fatal
@@ -171,11 +189,16 @@ def build_steps(
         except Exception as error:
             if name == "bn":
                 raise
-            text = str(error).strip().splitlines()
-            failed[name] = f"{type(error).__name__}: {text[0][:160] if text else ''}"
+            failed[name] = error_line(error)
             continue
         models[name], steps[name] = model, step
     return steps, models, memory, failed
+
+
+def error_line(error: Exception) -> str:
+    """An exception as one short line for a failed row: its type and its message's first line."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160] if text else ''}"
 
 
 def norm_row(

@@ -133,3 +133,42 @@ def print_fold(result: dict[str, Any], echo: Echo) -> None:
             f"{row['unfolded_ms']:>12.3f} {row['folded_ms']:>10.3f} {row['speedup']:>8.2f}x "
             f"{row['max_abs_diff']:>11.1e}"
         )
+
+
+def print_devices(result: dict[str, Any], echo: Echo) -> None:
+    at = result["accum_target_at"]
+    fast = f"; fast path: {' '.join(result['fast_path'])}" if result["fast_path"] else ""
+    echo(
+        "\n== simulated devices: images/s of a training step on the same b*W images: devices "
+        "(batch=b devices=W, one forward, statistics per device), plain (batch=b*W devices=1, the "
+        f"limit), accum (batch=b accum=W, W forwards){fast}; median of {result['repeats']} steps, "
+        f"all interleaved; targets devices/plain >= {result['target_devices_over_plain']}, "
+        f"devices/accum >= {result['target_devices_over_accum']} at b={at['batch']} "
+        f"W={at['devices']} for {', '.join(result['accum_target_norms'])}"
+    )
+    for table in result["backbones"]:
+        echo(f"-- {table['backbone']}, {table['input']} input")
+        echo(
+            f"{'norm':<11} {'b':>3} {'W':>3} {'devices':>9} {'plain':>9} {'accum':>9}   "
+            f"{'devices/plain (wall)':<24} {'devices/accum (wall)':<24}"
+        )
+        for row in table["rows"]:
+            cell = f"{row['norm']:<11} {row['batch']:>3} {row['devices']:>3}"
+            if "error" in row:
+                echo(f"{cell} {'failed':>9} {'':>19}   {verdict(row['pass'])}  {row['error']}")
+                continue
+            per_s = row["images_per_s"]
+            over_plain = (
+                f"{row['devices_over_plain']:.2f} ({row['devices_over_plain_wall']:.2f}) "
+                f"{verdict(row['pass_over_plain'])}"
+            )
+            over_accum = (
+                f"{row['devices_over_accum']:.2f} ({row['devices_over_accum_wall']:.2f}) "
+                f"{verdict(row['pass_over_accum'])}"
+            )
+            echo(
+                f"{cell} {per_s['devices']:>9.0f} {per_s['plain']:>9.0f} {per_s['accum']:>9.0f}   "
+                f"{over_plain:<24} {over_accum:<24}"
+            )
+    judged = "process CPU time" if result["judged_on"] == "cpu" else "wall time"
+    echo(f"images/s on wall time; ratios and PASS/MISS on {judged}, wall-time ratio in brackets")

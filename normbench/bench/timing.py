@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -43,7 +43,7 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, fl
 
 
 def interleaved(
-    calls: dict[str, Callable[[], object]],
+    calls: Mapping[str, Callable[[], object]],
     repeats: int,
     sync: Callable[[], None],
     warmup: int = 1,

@@ -169,11 +169,12 @@ class FolderData:
     def train_batches(
         self, batch: int, count: int, generator: torch.Generator, shard: Shard | None = None
     ) -> Iterator[Batch]:
-        loader = self._loader("train", batch)
+        micro = batch if shard is None else batch * shard.devices  # images per micro-batch
+        loader = self._loader("train", micro)
         loader.sampler.positions = None if shard is None else shard.positions(count, batch).tolist()
         if count > len(loader):
             raise ValueError(
-                f"{count} batches of {batch} asked for, the training set has {len(loader)}"
+                f"{count} batches of {micro} asked for, the training set has {len(loader)}"
             )
         loader.sampler.epoch_seed = int(torch.randint(0, SEED_HIGH, (), generator=generator))
         return self._on_device(loader, count)

@@ -16,30 +16,36 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class Shard:
     """This process's part of each epoch in a data-parallel run of `world` processes
-    (normbench.distributed).
+    (normbench.distributed), each simulating `devices` devices.
 
     Every process draws the same epoch order; it is cut into consecutive chunks of `accum * batch`
-    images, one chunk per process per SGD step, and process `rank` takes chunks rank, rank + world,
-    ... So at SGD step k the processes together train on the images one process with accum * world
-    micro-batches takes at step k, and each micro-batch here is exactly one of its micro-batches
-    (same images, same order)."""
+    images, one chunk per device per SGD step, and global device g = rank * devices + d takes
+    chunks g, g + world * devices, ... Micro-batch j of this process holds the j-th `batch` images
+    of each of its devices' chunks, interleaved: its image i * devices + d is device d's i-th (the
+    layout normbench.norms.PerDevice folds without a copy). So device d here trains on exactly the
+    images (same order) of process g of a run with world * devices processes and devices=1, and at
+    SGD step k all processes together train on the images one process with accum * world * devices
+    micro-batches takes at step k."""
 
     rank: int
     world: int
     accum: int
+    devices: int = 1
 
     def positions(self, count: int, batch: int) -> torch.Tensor:
-        """Positions in the epoch order (int64, ascending) of this process's `count` micro-batches
-        of `batch` images, `count` a multiple of `accum`; the epoch uses the first count * world *
-        batch positions."""
+        """Positions in the epoch order (int64) of this process's `count` micro-batches of
+        `batch * devices` images, micro-batch after micro-batch, `count` a multiple of `accum`
+        (ascending when devices == 1); the epoch uses the first count * world * devices * batch
+        positions."""
         if count % self.accum:
             raise ValueError(
                 f"{count} micro-batches do not make whole SGD steps of accum={self.accum}"
             )
-        chunk, steps = self.accum * batch, count // self.accum
+        steps = count // self.accum
         return (
-            torch.arange(steps * self.world * chunk)
-            .view(steps, self.world, chunk)[:, self.rank]
+            torch.arange(steps * self.world * self.devices * self.accum * batch)
+            .view(steps, self.world, self.devices, self.accum, batch)[:, self.rank]
+            .permute(0, 2, 3, 1)  # (steps, accum, batch, devices): devices interleaved
             .reshape(-1)
         )
 
@@ -69,8 +75,8 @@ class DataSource(Protocol):
     ) -> Iterator[Batch]:
         """`count` training micro-batches of exactly `batch` images in a fresh random order. All
         randomness (order, augmentation) comes from `generator`, drawn when this is called (not
-        lazily). With `shard`, the order is drawn for all shard.world processes and this process's
-        micro-batches are taken from it."""
+        lazily). With `shard`, the order is drawn for all shard.world * shard.devices devices and
+        this process's micro-batches, of `batch * shard.devices` images each, are taken from it."""
 
     def test_batches(self, eval_batch: int) -> Iterator[Batch]:
         """The whole test set in a fixed order, in chunks of at most `eval_batch` images."""
@@ -93,8 +99,9 @@ def tensor_batches(
 
     The permutation (and the augmentation parameters of every position in it) are drawn now from the
     CPU `generator`, so the order is the same on any device; with `augment=None` nothing else is
-    drawn. With `shard`, both are drawn for the whole epoch of all processes (so every process's
-    generator moves alike) and this process's positions are kept.
+    drawn. With `shard`, both are drawn for the whole epoch of all devices of all processes (so
+    every process's generator moves alike), this process's positions are kept and each micro-batch
+    holds `batch * shard.devices` images.
     """
     order = torch.randperm(x.shape[0], generator=generator)
     mine = None if shard is None else shard.positions(count, batch)
@@ -102,16 +109,18 @@ def tensor_batches(
         order = order[mine]
     order = order.to(x.device)
     if augment is not None:
-        params = augment.draw(count * batch * (1 if shard is None else shard.world), generator)
+        replicas = 1 if shard is None else shard.world * shard.devices
+        params = augment.draw(count * batch * replicas, generator)
         params = (params if mine is None else params[mine]).to(x.device)
         fill = augment.fill_like(x)  # made once: a host-to-device copy per batch would sync
+    micro = batch if shard is None else batch * shard.devices
 
     def batches() -> Iterator[Batch]:
-        for start in range(0, count * batch, batch):
-            index = order[start : start + batch]
+        for start in range(0, count * micro, micro):
+            index = order[start : start + micro]
             inputs = x[index]
             if augment is not None:
-                inputs = augment.apply(inputs, params[start : start + batch], fill)
+                inputs = augment.apply(inputs, params[start : start + micro], fill)
             yield inputs, y[index]
 
     return batches()

@@ -1,6 +1,6 @@
 """Simulated data-parallel devices for a batch-dependent norm (plumbing; no paper): one forward of
-`devices * batch` images in which every device's chunk of `batch` images gets its own statistics
-and its own state, as on `devices` GPUs. See docs/norms.md#simulated-devices."""
+`devices * batch` images in which every device's `batch` images get their own statistics and their
+own state, as on `devices` GPUs. See docs/norms.md#simulated-devices."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ RUNNING_STATS = ("device0", "mean")  # eval.running_stats: whose running statist
 class PerDevice(nn.Module):
     """A per-channel norm run on `devices` simulated devices at once, with per-device state.
 
-    Training input (devices * b, C, ...) is folded to (b, devices * C, ...): channel d * C + c of
-    the fold is channel c of device d's chunk (images d * b to d * b + b - 1). A copy of the norm
-    built for devices * C channels (`train_layer`) computes on the fold, so every statistic and
-    every buffer (running statistics, MABN's rings) is per device; the parameters are this module's
-    (C,) tensors tiled over the devices (their gradients sum over devices, like DDP's all-reduce).
+    A micro-batch interleaves the devices: image i * devices + d is device d's i-th image, so the
+    training input (b * devices, C, ...) is, as a free view, (b, devices * C, ...) in which channel
+    d * C + c is channel c of device d. A copy of the norm built for devices * C channels
+    (`train_layer`) computes on that view, so every statistic and every buffer (running statistics,
+    MABN's rings) is per device; the parameters are this module's (C,) tensors tiled over the
+    devices (their gradients sum over devices, like DDP's all-reduce).
     Eval runs a C-channel copy (`eval_layer`) on device 0's buffers, or on their mean over the
     devices (`running_stats="mean"`).
 
@@ -74,10 +75,10 @@ class PerDevice(nn.Module):
                 f"{self.devices} simulated devices need a batch divisible by {self.devices}, got "
                 f"input {tuple(x.shape)}"
             )
-        batch, channels = count // self.devices, self.devices * self.num_channels
-        folded = x.reshape(self.devices, batch, *x.shape[1:]).transpose(0, 1)
-        out = self._train_layer()(folded.reshape(batch, channels, *rest))
-        return out.reshape(batch, self.devices, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
+        # images i * devices + d, channel c -> image i, channel d * C + c (a view when x is
+        # contiguous; channels_last input is copied)
+        folded = x.reshape(count // self.devices, self.devices * self.num_channels, *rest)
+        return self._train_layer()(folded).reshape(x.shape)
 
     def _train_layer(self) -> nn.Module:
         """train_layer pointed at this module's buffers and at the tiled parameters."""

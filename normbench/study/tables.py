@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..config import changes_results, flatten
+from ..config import ADDED_KEYS, changes_results, flatten, with_added_keys
 from ..errors import UserError
 from ..records import RECORD_FILE, NotARunRecord, RunRecord, Status
 
@@ -43,7 +43,8 @@ class Run:
         return self.record.status
 
     def get(self, key: str) -> Any:
-        return config_value(self.record.config, key)
+        value = config_value(self.record.config, key)
+        return ADDED_KEYS.get(key) if value is None else value  # an older record lacks the key
 
 
 @dataclass
@@ -214,7 +215,7 @@ def _order(values: set[Any], key: str) -> list[Any]:
 def _identity(run: Run) -> dict[str, Any]:
     """The settings that change results, less the seed: runs in one cell must agree on all of
     them."""
-    flat = flatten(run.record.config or {})
+    flat = with_added_keys(flatten(run.record.config or {}))
     return {k: v for k, v in flat.items() if changes_results(k) and k != "seed"}
 
 

@@ -50,7 +50,12 @@ def test_quick_bench_prints_every_section_and_the_machine(quick_bench):
     assert code == 0, text
     assert text.startswith("machine: ")
     assert f"torch {torch.__version__}" in text
-    for header in ("== loop overhead", "== train step per norm", "== eval latency"):
+    for header in (
+        "== loop overhead",
+        "== train step per norm",
+        "== eval latency",
+        "== simulated devices",
+    ):
         assert header in text
     assert "normbench/minimal" in text and "DataLoader/normbench" in text
     # two loop ratios at batch 256, one at batch 2, frn
@@ -116,6 +121,40 @@ def test_quick_bench_json_has_the_measurements(quick_bench):
         assert row["speedup"] == pytest.approx(row["unfolded_ms"] / row["folded_ms"])
 
 
+def test_quick_bench_json_has_the_devices_section(quick_bench):
+    _, text, result = quick_bench
+    devices = result["devices"]
+    assert devices["judged_on"] == "cpu" and devices["setups"] == ["devices", "plain", "accum"]
+    assert [table["backbone"] for table in devices["backbones"]] == ["lenet_relu", "resnet20"]
+    assert [table["input"] for table in devices["backbones"]] == ["1x28x28", "3x32x32"]
+    for table in devices["backbones"]:
+        # --norms picks this section's norms too
+        cells = [(row["norm"], row["batch"], row["devices"]) for row in table["rows"]]
+        assert cells == [("bn", 2, 8), ("bn", 4, 4), ("frn", 2, 8), ("frn", 4, 4)]
+        for row in table["rows"]:
+            assert row["images_per_step"] == 16
+            per_s, cpu_per_s = row["images_per_s"], row["cpu_images_per_s"]
+            assert set(per_s) == set(cpu_per_s) == {"devices", "plain", "accum"}
+            assert all(v > 0 for v in per_s.values())
+            # on CPU the targets are judged on process CPU time, as in the norms section
+            assert row["devices_over_plain"] == pytest.approx(
+                cpu_per_s["devices"] / cpu_per_s["plain"]
+            )
+            assert row["devices_over_accum"] == pytest.approx(
+                cpu_per_s["devices"] / cpu_per_s["accum"]
+            )
+            assert row["devices_over_plain_wall"] == pytest.approx(
+                per_s["devices"] / per_s["plain"]
+            )
+            assert row["pass_over_plain"] == (row["devices_over_plain"] >= 0.8)
+            accum_target = row["norm"] == "bn" and row["batch"] == 2
+            assert row["pass_over_accum"] == (
+                row["devices_over_accum"] >= 3.0 if accum_target else None
+            )
+    assert "-- lenet_relu, 1x28x28 input" in text and "-- resnet20, 3x32x32 input" in text
+    assert "devices/plain (wall)" in text and "devices/accum (wall)" in text
+
+
 def quick_norms_bench(normbench, out, norms: str, *options: str):
     """`normbench bench --quick` on the CPU: the norms section only, one repeat, JSON to `out`."""
     args = ["--device", "cpu", "--only", "norms", "--norms", norms, "--repeats", "1"]
@@ -163,6 +202,7 @@ def test_a_norm_the_fast_path_cannot_run_is_reported_and_the_others_are_timed(
     "args,message",
     [
         (["--only", "loops"], "--only: unknown name 'loops' (did you mean 'loop'?)"),
+        (["--only", "device"], "--only: unknown name 'device' (did you mean 'devices'?)"),
         (["--norms", "bn,grn"], "--norms: unknown name 'grn'"),
         (["--norms", ","], "--norms needs at least one name"),
         (["--device", "tpu"], "--device must be auto, cpu or cuda"),

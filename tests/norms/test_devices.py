@@ -62,7 +62,7 @@ def _train_step(layer: PerDevice, references: list[nn.Module], shape: tuple[int,
     (out * weights).sum().div(DEVICES).backward()  # the mean of the devices' losses
     grads = [torch.zeros_like(p) for p in layer.parameters()]
     for d, reference in enumerate(references):
-        chunk = slice(d * BATCH, (d + 1) * BATCH)
+        chunk = slice(d, None, DEVICES)  # device d's images: d, d + DEVICES, ...
         x_d = x.detach()[chunk].clone().requires_grad_(True)
         out_d = reference(x_d)
         (out_d * weights[chunk]).sum().backward()
@@ -173,7 +173,7 @@ def test_channels_last_input_and_indivisible_batch():
     layer, references = _layers("bn", 2, True)
     x = torch.randn(DEVICES * BATCH, CHANNELS, 4, 4, dtype=torch.float64)
     out = layer(x.to(memory_format=torch.channels_last))
-    torch.testing.assert_close(out[:BATCH], references[0](x[:BATCH]))
+    torch.testing.assert_close(out[::DEVICES], references[0](x[::DEVICES]))
     with pytest.raises(ValueError, match="divisible by 3"):
         layer(x[:-1])
 

@@ -50,7 +50,13 @@ def test_presets_compose_and_hold_their_grid():
         ("batch", ["32", "16", "8", "4", "2"]),
     ]
     cfg = compose(["experiment=gn_paper"])
-    assert (cfg.accum, cfg.lr, cfg.lr_scaling, cfg.lr_ref_batch) == (8, 0.1, "linear", 256)
+    assert (cfg.devices, cfg.accum, cfg.lr, cfg.lr_scaling, cfg.lr_ref_batch) == (
+        8,
+        1,
+        0.1,
+        "linear",
+        256,
+    )
     assert (cfg.backbone.name, cfg.data.name, cfg.backbone.activation) == (
         "lenet",
         "fashion_mnist",
