@@ -15,6 +15,7 @@ from .fuse import eval_affine, fold_norms
 from .norms import NORMS, build_norm
 from .norms import reference as ref
 from .norms.ghost_batch_norm import ghost_sizes
+from .norms.reference_devices import DEVICES, STEPS, cases, check_per_device
 from .norms.scratch_bn import scratch_batch_norm
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
@@ -254,6 +255,17 @@ def _check_folding(norm: str) -> Callable[[], str]:
     return run
 
 
+def _check_devices(name: str) -> Callable[[], str]:
+    def run() -> str:
+        forms = [(dim, act) for norm, dim, act in cases() if norm == name]
+        for dim, act in forms:
+            check_per_device(name, dim, act)
+        done = ", ".join(f"dim={dim}" + ("" if act else " act=False") for dim, act in forms)
+        return f"outputs, all gradients and every buffer over {STEPS} steps, then eval ({done})"
+
+    return run
+
+
 def all_checks() -> list[Check]:
     checks = [
         Check(
@@ -272,6 +284,14 @@ def all_checks() -> list[Check]:
         Check("gn(groups=1) == ln", ("gn", "ln"), lambda: _check_gn_equals(lambda c: 1, "ln")),
         Check("gn(groups=C) == in", ("gn", "in"), lambda: _check_gn_equals(lambda c: c, "in")),
         Check("d2l from-scratch batch_norm == nn.BatchNorm2d", ("bn",), _check_scratch_bn),
+    ]
+    checks += [
+        Check(
+            f"{name} on {DEVICES} simulated devices == one layer per device",
+            (name,),
+            _check_devices(name),
+        )
+        for name in dict.fromkeys(name for name, _, _ in cases())
     ]
     for name in NORMS:
         probe = build_norm(name, 4).double().eval()

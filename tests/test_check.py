@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from normbench.norms import NORMS, frn
+from normbench.norms import NORMS, devices, frn
 from normbench.selfcheck import all_checks
 
 
 def test_every_norm_has_a_reference_check_and_all_pass(normbench):
     names = [check.name for check in all_checks()]
-    for norm in NORMS:
+    for norm, spec in NORMS.items():
         assert any(name.startswith(f"{norm} == its reference formula") for name in names), norm
+        on_devices = f"{norm} on 3 simulated devices == one layer per device"
+        assert (on_devices in names) == spec.per_device, norm
     result = normbench("check")
     assert result.code == 0, result.out
     lines = result.out.strip().splitlines()
@@ -34,6 +36,20 @@ def test_a_broken_layer_fails_its_check(normbench, monkeypatch):
     assert result.code == 1
     assert result.out.splitlines()[0].startswith("FAIL  frn == its reference formula")
     assert result.out.strip().endswith("0 passed, 1 failed")
+
+
+def test_a_per_device_layer_sharing_one_buffer_fails_its_check(normbench, monkeypatch):
+    """PerDevice evaluating the devices' mean instead of device 0's is caught."""
+    monkeypatch.setattr(devices.PerDevice, "_one_device", _mean_of_devices)
+    result = normbench("check", "--norm", "bn")
+    assert result.code == 1
+    assert "FAIL  bn on 3 simulated devices == one layer per device" in result.out
+
+
+def _mean_of_devices(self, buffer):
+    if not self._per_device(buffer):
+        return buffer
+    return buffer.unflatten(-1, (self.devices, self.num_channels)).mean(-2)
 
 
 def test_check_filters_by_norm_and_rejects_unknown(normbench):

@@ -8,22 +8,20 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from normbench.backbones import NormChoice
 from normbench.fuse import eval_affine
 from normbench.norms import NORMS, PerDevice, build_norm
-
-# options that take every norm through all its phases within a few steps (BRN's r/d clipping, GBN's
-# several virtual batches per device, MABN's moving averages and clipped r)
-PHASES = {
-    "bn": {},
-    "brn": {"warmup_start": 1, "rmax_iters": 3, "dmax_iters": 2},
-    "gbn": {"ghost_batch": 2},
-    "evonorm_b0": {},
-    "mabn": {"buffer_size": 3, "warmup_iters": 2, "renorm_iters": 4},
-}
-DEVICES, BATCH, CHANNELS, STEPS = 3, 4, 5, 9
+from normbench.norms.reference_devices import (
+    BATCH,
+    CHANNELS,
+    DEVICES,
+    PHASES,
+    cases,
+    check_per_device,
+    layers,
+    train_step,
+)
 
 
 def test_phases_cover_every_per_device_norm():
@@ -31,101 +29,30 @@ def test_phases_cover_every_per_device_norm():
     assert not NORMS["syncbn"].per_device  # one set of statistics over all devices
 
 
-def _layers(name: str, dim: int, act: bool) -> tuple[PerDevice, list[nn.Module]]:
-    """The PerDevice layer and one independent C-channel copy per device, float64."""
-
-    def build(channels: int) -> nn.Module:
-        extra = {"act": act} if NORMS[name].includes_activation else {}
-        return build_norm(name, channels, dim=dim, **extra, **PHASES[name])
-
-    torch.manual_seed(0)
-    per_device = PerDevice(build, CHANNELS, DEVICES).double()
-    with torch.no_grad():  # parameters away from their constant init
-        for parameter in per_device.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
-    references = [build(CHANNELS).double() for _ in range(DEVICES)]
-    for reference in references:
-        reference.load_state_dict(_as_one_device(per_device, 0), strict=True)
-    return per_device, references
-
-
-def _as_one_device(layer: PerDevice, device: int) -> dict[str, torch.Tensor]:
-    return {**dict(layer.named_parameters()), **layer.device_state(device)}
-
-
-def _train_step(layer: PerDevice, references: list[nn.Module], shape: tuple[int, ...]) -> None:
-    """One step on random data; per device: same output, and the input gradient of one device's
-    loss; the parameter gradient is the mean over devices, as DDP's."""
-    x = torch.randn(DEVICES * BATCH, *shape, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(DEVICES * BATCH, *shape, dtype=torch.float64)
-    out = layer(x)
-    (out * weights).sum().div(DEVICES).backward()  # the mean of the devices' losses
-    grads = [torch.zeros_like(p) for p in layer.parameters()]
-    for d, reference in enumerate(references):
-        chunk = slice(d, None, DEVICES)  # device d's images: d, d + DEVICES, ...
-        x_d = x.detach()[chunk].clone().requires_grad_(True)
-        out_d = reference(x_d)
-        (out_d * weights[chunk]).sum().backward()
-        torch.testing.assert_close(out[chunk], out_d, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(x.grad[chunk] * DEVICES, x_d.grad, rtol=1e-9, atol=1e-10)
-        for total, parameter in zip(grads, reference.parameters()):
-            total += parameter.grad / DEVICES
-    with torch.no_grad():  # SGD, then every device holds the new parameters (DDP)
-        for parameter, grad in zip(layer.parameters(), grads):
-            torch.testing.assert_close(parameter.grad, grad, rtol=1e-9, atol=1e-10)
-            parameter.sub_(0.1 * parameter.grad)
-            parameter.grad = None
-        for reference in references:
-            for mine, theirs in zip(layer.parameters(), reference.parameters()):
-                theirs.copy_(mine)
-                theirs.grad = None
-
-
-def _assert_buffers(layer: PerDevice, references: list[nn.Module]) -> None:
-    for d, reference in enumerate(references):
-        state = layer.device_state(d)
-        buffers = {name for name, _ in reference.named_buffers()}
-        for name, buffer in reference.state_dict().items():
-            if name not in buffers:
-                continue
-            torch.testing.assert_close(state[name], buffer, rtol=1e-9, atol=1e-12, msg=name)
-
-
-def _cases() -> list[tuple[str, int, bool]]:
-    cases = []
-    for name, spec in NORMS.items():
-        if not spec.per_device:
-            continue
-        for dim in (2, 1) if spec.supports_1d else (2,):
-            for act in (True, False) if spec.includes_activation else (True,):
-                cases.append((name, dim, act))
-    return cases
-
-
-@pytest.mark.parametrize("name,dim,act", _cases())
+@pytest.mark.parametrize("name,dim,act", cases())
 def test_per_device_equals_one_layer_per_device(name, dim, act):
-    layer, references = _layers(name, dim, act)
-    shape = (CHANNELS, 3, 3) if dim == 2 else (CHANNELS,)
-    for _ in range(STEPS):
-        _train_step(layer, references, shape)
-        _assert_buffers(layer, references)
-    x = torch.randn(7, *shape, dtype=torch.float64)
-    layer.eval()
-    references[0].eval()
-    torch.testing.assert_close(layer(x), references[0](x), rtol=1e-10, atol=1e-10)
-    expected = eval_affine(references[0])
-    if expected is None:
-        assert eval_affine(layer) is None
-    else:
+    check_per_device(name, dim, act)
+
+
+def test_folded_eval_affine_is_device_0s():
+    for name in PHASES:
+        layer, copies = layers(name, 2, False)
+        for step in range(3):
+            train_step(layer, copies, (CHANNELS, 3, 3), seed=step)
+        layer.eval()
+        expected = eval_affine(copies[0].eval())
+        if expected is None:
+            assert eval_affine(layer) is None, name
+            continue
         for mine, theirs in zip(eval_affine(layer), expected):
-            torch.testing.assert_close(mine, theirs)
+            torch.testing.assert_close(mine, theirs, msg=name)
 
 
 def test_mean_running_stats_average_the_devices():
-    layer, references = _layers("bn", 2, True)
+    layer, references = layers("bn", 2, True)
     layer.running_stats = "mean"
-    for _ in range(3):
-        _train_step(layer, references, (CHANNELS, 3, 3))
+    for step in range(3):
+        train_step(layer, references, (CHANNELS, 3, 3), seed=step)
     averaged = copy.deepcopy(references[0]).eval()
     for name in ("running_mean", "running_var"):
         getattr(averaged, name).copy_(torch.stack([getattr(r, name) for r in references]).mean(0))
@@ -141,10 +68,10 @@ def test_mean_running_stats_average_the_devices():
 def test_state_dict_round_trip_continues_exactly(name):
     """A layer loaded from a state_dict (a resumed run) continues as the original: MABN's host-side
     step counters come back with its buffers."""
-    layer, references = _layers(name, 2, True)
-    for _ in range(5):
-        _train_step(layer, references, (CHANNELS, 3, 3))
-    resumed, _ = _layers(name, 2, True)
+    layer, references = layers(name, 2, True)
+    for step in range(5):
+        train_step(layer, references, (CHANNELS, 3, 3), seed=step)
+    resumed, _ = layers(name, 2, True)
     resumed.load_state_dict(layer.state_dict())
     assert resumed.state_dict().keys() == layer.state_dict().keys()
     x = torch.randn(DEVICES * BATCH, CHANNELS, 3, 3, dtype=torch.float64)
@@ -170,7 +97,7 @@ def test_state_lives_in_the_per_device_layer():
 
 
 def test_channels_last_input_and_indivisible_batch():
-    layer, references = _layers("bn", 2, True)
+    layer, references = layers("bn", 2, True)
     x = torch.randn(DEVICES * BATCH, CHANNELS, 4, 4, dtype=torch.float64)
     out = layer(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out[::DEVICES], references[0](x[::DEVICES]))
