@@ -2,7 +2,8 @@
 `b * W` images three ways, all steps interleaved in one process:
 
 - devices: `batch=b devices=W`, one forward of b*W images, the batch-dependent norms computing
-  their statistics per chunk of b (what W data-parallel devices with b images each do);
+  their statistics per simulated device's b images (what W data-parallel devices with b images
+  each do);
 - plain: `batch=b*W devices=1`, one forward, one set of statistics: the arithmetic limit;
 - accum: `batch=b accum=W`, W forwards and backwards of b images one after another, then one step
   (the way to give a norm b images per device before `devices`)."""
