@@ -14,6 +14,7 @@ from .config import config_dir
 from .errors import UserError
 from .help_text import SWEEP_HELP, config_help
 from .study.formats import render, write_text
+from .study.metrics import KNOWN, SWEEP_EXTRA
 from .study.tables import build_table
 from .values import did_you_mean
 
@@ -26,6 +27,7 @@ CONFIG_DIR_OPTION = typer.Option(
     "shipped ones. Also NORMBENCH_CONFIG_DIR.",
 )
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show full tracebacks.")
+KNOWN_METRICS = ", ".join(KNOWN)
 
 app = typer.Typer(
     add_completion=False,
@@ -87,9 +89,12 @@ def run(
             "--force trains it again"
         )
     elif record.status is Status.COMPLETED:
+        shown = ("test_error", "test_error_precise", "test_error_batch", "test_error_at_best_val")
+        errors = "  ".join(
+            f"{name} {metrics[name]:.2f}%" for name in shown if metrics.get(name) is not None
+        )
         typer.echo(
-            f"completed: {result.run_dir}  test_error {metrics['test_error']:.2f}%  test_acc "
-            f"{metrics['test_acc']:.4f}  best_test_error {metrics['best_test_error']:.2f}%  "
+            f"completed: {result.run_dir}  {errors}  test_acc {metrics['test_acc']:.4f}  "
             f"{record.timing['train_seconds']:.1f}s"
         )
     else:
@@ -113,6 +118,13 @@ def sweep(
         help="Cells trained at once in local worker processes (Hydra's joblib launcher); torch "
         "threads are split between them.",
     ),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="The sweep table's metric(s), a comma list for one sub-row each (default: "
+        f"test_error, plus each of {', '.join(SWEEP_EXTRA)} that every completed run holds). "
+        f"Known: {KNOWN_METRICS}.",
+    ),
     debug: bool = DEBUG_OPTION,
 ) -> None:
     # deferred, like every command that trains: torch takes seconds to import, `table` needs none
@@ -121,7 +133,9 @@ def sweep(
     overrides = list(ctx.args)
     _reject_options(overrides)
     try:
-        result = run_sweep(overrides, name, str(config_dir) if config_dir else None, jobs=jobs)
+        result = run_sweep(
+            overrides, name, str(config_dir) if config_dir else None, jobs=jobs, metric=metric
+        )
     # the current run keeps its last checkpoint; completed cells are skipped next time
     except KeyboardInterrupt:
         typer.echo(
@@ -211,8 +225,12 @@ def table(
     fmt: str = typer.Option(
         "md", "--format", help="md (printed Markdown), latex (booktabs) or csv (raw numbers)."
     ),
-    metric: str = typer.Option(
-        "test_error", "--metric", help="test_error, best_test_error or train_loss."
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="Any numeric metric the records hold, or a comma list for one sub-row each (CSV: a "
+        "metric column, one line per row and metric). Default: test_error; for a sweep folder "
+        f"the metrics of the sweep's own table. Known: {KNOWN_METRICS}.",
     ),
     rows: str = typer.Option(
         "norm", "--rows", help="Config key for the rows (e.g. norm, backbone)."
@@ -226,7 +244,7 @@ def table(
     out: Path | None = typer.Option(None, "--out", help="Write to this file instead of printing."),
 ) -> None:
     """Paper-style table from the run records under PATH: mean ± std over seeds, best per column in
-    bold."""
+    bold; ‡ marks a cell with a suspect run (near chance, or under 100 SGD steps), never bold."""
     text = render(build_table(path, metric, rows, cols), fmt, cost)
     if out is None:
         typer.echo(text, nl=False)
@@ -247,7 +265,8 @@ def plot(
     metric: str = typer.Option(
         "test_error",
         "--metric",
-        help="test_error, best_test_error or train_loss (error-vs-batch figure only).",
+        help="Any one numeric metric the records hold (error-vs-batch figure only). Known: "
+        f"{KNOWN_METRICS}.",
     ),
     rows: str = typer.Option(
         "norm", "--rows", help="Config key for the lines (e.g. norm, backbone)."

@@ -26,7 +26,14 @@ IDENTITY_KEYS = ("batch", "devices", "accum", "seed")
 NON_RESULT_KEYS = ("out", "device", "log", "data.workers")
 # Keys added after records and checkpoints were first written, with the value that trains as a run
 # without them did: an old record or checkpoint reads as if it had them.
-ADDED_KEYS = {"devices": 1, "sgd_batch": None, "eval.running_stats": "device0"}
+ADDED_KEYS = {
+    "devices": 1,
+    "sgd_batch": None,
+    "eval.running_stats": "device0",
+    "eval.precise_batches": 0,
+    "eval.precise_estimator": "population",
+    "data.val_size": 0,
+}
 
 
 def with_added_keys(flat: dict[str, Any]) -> dict[str, Any]:

@@ -216,6 +216,14 @@ class Session:
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)  # gloo has no AVG
         return reduced / self.world_size
 
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """`tensor` of every process, by rank (one all-gather; same shape everywhere)."""
+        if self.world_size == 1:
+            return [tensor]
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return parts
+
     @property
     def average(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """What train_epoch reduces its loss and accuracy sums with: None in one process (nothing

@@ -20,8 +20,10 @@ from torch import nn
 from .data import DataSource
 from .distributed import Session
 from .fastpath import FastPath, prepare_model
+from .final_eval import final_evaluation
+from .norms import NORMS
 from .optim import LRSchedule
-from .records import RECORD_FILE, RunRecord, Status
+from .records import RECORD_FILE, RunRecord, Status, sanity_warnings
 from .runs import CHECKPOINT, save_checkpoint
 from .train import EpochStats, evaluate, train_epoch
 
@@ -58,6 +60,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     images: int = 0  # trained on, over all processes
+    final: dict[str, Any] = field(default_factory=dict)  # normbench.final_eval, once it has run
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -102,7 +105,9 @@ class EpochLoop:
         """Metrics, history and timing from the state so far, then write the record."""
         state = self.state
         memory = peak_memory_mb(self.session.device)
-        self.record.update_from_history(state.history, state.train_seconds, state.images, memory)
+        self.record.update_from_history(
+            state.history, state.train_seconds, state.images, memory, state.final
+        )
         self.save_record()
 
     def run(self) -> None:
@@ -111,14 +116,47 @@ class EpochLoop:
         fast = prepare_model(self.training.model, self.cfg, self.session.device)
         if fast.summary and self.state.epoch < self.cfg.epochs:
             self.progress.line(fast.summary)
-        # the checkpoint has every epoch: only record.json was lost, rebuild it
-        if self.state.epoch == self.cfg.epochs:
-            finite = math.isfinite(self.state.history[-1]["test_loss"])
-            self.record.status = Status.COMPLETED if finite else Status.DIVERGED
+        # the checkpoint has every epoch: the final evaluation or only record.json was lost
+        if self.state.epoch == self.cfg.epochs and not math.isfinite(
+            self.state.history[-1]["test_loss"]
+        ):
+            self.record.status = Status.DIVERGED
             self.save_record()
+            return
         while self.state.epoch < self.cfg.epochs:
             if not self._epoch(self.state.epoch + 1, fast):
                 return
+        self._finish(fast)
+
+    def _finish(self, fast: FastPath) -> None:
+        """After the last epoch: the final evaluation (unless a checkpoint has it), the checkpoint
+        with the precise model, the record marked completed, a warning if its numbers say little."""
+        if not self.state.final:
+            outcome = final_evaluation(
+                self.training.model,
+                fast.model,
+                self.cfg,
+                self.training.data,
+                self.session,
+                self.state.history[-1]["test_error"],
+                NORMS[self.cfg.norm.name].batch_dependent,
+                fast.autocast,
+            )
+            self.state.final = outcome.results
+            self._save_checkpoint(outcome.precise_state)
+            for name, value in outcome.results["metrics"].items():
+                self.writer.add_scalar(f"final/{name}", value, self.cfg.epochs)
+            self.writer.flush()
+            self.progress.line(
+                "final: "
+                + "  ".join(f"{k} {v:.2f}%" for k, v in outcome.results["metrics"].items())
+                + f"  ({outcome.results['seconds']:.1f}s)"
+            )
+        self.record.status = Status.COMPLETED
+        self.refresh_record()
+        warnings = sanity_warnings(self.record)
+        if warnings:
+            self.progress.notice(f"warning: {'; '.join(warnings)}: this run's numbers say little")
 
     def _epoch(self, epoch: int, fast: FastPath) -> bool:
         """Train, evaluate, checkpoint and record one epoch; False once the run diverged."""
@@ -134,13 +172,12 @@ class EpochLoop:
         entry = self._evaluate(epoch, stats, fast)
         if not math.isfinite(entry["test_loss"]):
             self.record.mark_diverged(epoch, stats.steps, f"test loss {entry['test_loss']}")
-        elif epoch == self.cfg.epochs:
-            self.record.status = Status.COMPLETED
         self._save_checkpoint()
         self.refresh_record()
+        val = f"val_error {entry['val_error']:.2f}%  " if "val_error" in entry else ""
         self.progress.line(
             f"epoch {epoch}/{self.cfg.epochs}  train_loss {stats.loss:.4f}  train_acc "
-            f"{stats.acc:.4f}  test_error {entry['test_error']:.2f}%  lr {entry['lr']:.4g}  "
+            f"{stats.acc:.4f}  {val}test_error {entry['test_error']:.2f}%  lr {entry['lr']:.4g}  "
             f"{self.state.train_seconds:.1f}s"
         )
         if self.record.status is Status.DIVERGED:
@@ -194,10 +231,11 @@ class EpochLoop:
         return stats
 
     def _evaluate(self, epoch: int, stats: EpochStats, fast: FastPath) -> dict[str, Any]:
-        """Test loss and accuracy (rank 0's model), appended to the history and TensorBoard."""
-        test_batches = self.training.data.test_batches
+        """Test (and validation) loss and accuracy of rank 0's model, appended to the history and
+        TensorBoard."""
+        data, eval_batch = self.training.data, self.cfg.log.eval_batch
         test_loss, test_acc = self.session.on_main(
-            lambda: evaluate(fast.model, test_batches(self.cfg.log.eval_batch), fast.autocast)
+            lambda: evaluate(fast.model, data.test_batches(eval_batch), fast.autocast)
         )
         entry = {
             "epoch": epoch,
@@ -209,15 +247,24 @@ class EpochLoop:
             "lr": self.training.lr_at(epoch * self.training.steps_per_epoch - 1),
             "train_seconds": self.state.train_seconds,
         }
+        if data.val_size:
+            val_loss, val_acc = self.session.on_main(
+                lambda: evaluate(fast.model, data.val_batches(eval_batch), fast.autocast)
+            )
+            entry.update(val_loss=val_loss, val_error=100.0 * (1.0 - val_acc))
         self.state.history.append(entry)
         self.state.epoch = epoch
         for name in ("train_loss", "train_acc", "test_loss", "test_acc", "test_error"):
             self.writer.add_scalar(f"epoch/{name}", entry[name], epoch)
+        for name in ("val_loss", "val_error"):
+            if name in entry:
+                self.writer.add_scalar(f"epoch/{name}", entry[name], epoch)
         self.writer.flush()
         return entry
 
-    def _save_checkpoint(self) -> None:
-        """Everything a resumed run needs to continue bit for bit (the main process only)."""
+    def _save_checkpoint(self, precise_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Everything a resumed run needs to continue bit for bit (the main process only); after
+        the final evaluation also the model with precise statistics (`model_precise`)."""
         if not self.session.is_main:
             return
         training = self.training
@@ -229,4 +276,6 @@ class EpochLoop:
             "torch_rng": torch.get_rng_state(),
             "state": asdict(self.state),
         }
+        if precise_state is not None:
+            checkpoint["model_precise"] = precise_state
         save_checkpoint(self.run_dir / CHECKPOINT, checkpoint)

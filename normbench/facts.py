@@ -47,6 +47,14 @@ def setup_facts(plan: RunPlan, training: Training, session: Session) -> dict[str
         "steps_per_epoch": training.steps_per_epoch,
         "train_images": data.train_size,
         "test_images": data.test_size,
+        "val_images": data.val_size,
+        "val_split": (
+            f"{data.val_size} training images held out, stratified by class and drawn with "
+            f"data.subset_seed={plan.cfg.data.get('subset_seed', 0)} (not the run's seed) before "
+            "the training subset, so disjoint from it; selection (best_val_epoch) uses them"
+            if data.val_size
+            else "none: nothing is selected on held-out data"
+        ),
         "data_source": data.source,
         "data_pipeline": data.pipeline,
         "augment": data.augmentation != "none",

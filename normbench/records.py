@@ -6,15 +6,50 @@ Torch-free: tables, sweeps and the CLI read records without importing torch.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .files import write_json
 
 RECORD_FILE = "record.json"
+# A finished run is suspect when its final test error is this close (points) to chance, or when it
+# took fewer SGD steps than this: it prints a warning and tables mark it instead of bolding it.
+CHANCE_MARGIN = 2.0
+MIN_SGD_STEPS = 100
+
+
+def history_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics the epochs done so far give: the last epoch's, the best and the median of the
+    last 5 test errors, and with a validation split the epoch of the lowest validation error
+    (the earliest on ties) and the test error at it."""
+    if not history:
+        return {}
+    last = history[-1]
+    errors = [entry["test_error"] for entry in history]
+    metrics = {
+        "test_error": last["test_error"],
+        "test_acc": last["test_acc"],
+        "best_test_error": min(errors),
+        "median5_test_error": statistics.median(errors[-5:]),
+        "train_loss": last["train_loss"],
+        "train_acc": last["train_acc"],
+        "test_loss": last["test_loss"],
+        "epochs_done": last["epoch"],
+    }
+    validated = [entry for entry in history if entry.get("val_error") is not None]
+    if validated:
+        best = min(validated, key=lambda entry: entry["val_error"])  # min keeps the earliest
+        metrics.update(
+            val_error=last.get("val_error"),
+            best_val_error=best["val_error"],
+            best_val_epoch=best["epoch"],
+            test_error_at_best_val=best["test_error"],
+        )
+    return metrics
 
 
 class Status(str, Enum):
@@ -63,6 +98,8 @@ class RunRecord:
         env: versions and device.
         history: one entry per finished epoch.
         metrics, timing: from the history (update_from_history).
+        diagnostics: what the evaluation after training found besides metrics (e.g. per layer
+            how far the EMA running statistics are from the precise ones).
         diverged_at: epoch, step and loss where a run diverged.
         error: why a failed run failed.
         extra: keys this version does not know (a newer record), written back unchanged.
@@ -78,6 +115,7 @@ class RunRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=empty_metrics)
     timing: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
     diverged_at: dict[str, Any] | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +165,8 @@ class RunRecord:
             "metrics": self.metrics,
             "timing": self.timing,
         }
+        if self.diagnostics:
+            data["diagnostics"] = self.diagnostics
         if self.diverged_at is not None:
             data["diverged_at"] = self.diverged_at
         if self.error is not None:
@@ -143,29 +183,24 @@ class RunRecord:
         train_seconds: float,
         images: int,
         peak_memory_mb: float | None,
+        final: dict[str, Any] | None = None,
     ) -> None:
-        """Metrics (last epoch, best, the GN paper's median of the last 5) and timing from the
-        epochs done so far."""
+        """Metrics (last epoch, best, the GN paper's median of the last 5, the epoch selected on
+        validation) and timing from the epochs done so far; `final`: what the evaluation after the
+        last epoch measured (normbench.final_eval: metrics, diagnostics and its seconds)."""
         self.history = history
-        self.metrics = empty_metrics()
-        if history:
-            last = history[-1]
-            errors = [entry["test_error"] for entry in history]
-            self.metrics = {
-                "test_error": last["test_error"],
-                "test_acc": last["test_acc"],
-                "best_test_error": min(errors),
-                "median5_test_error": statistics.median(errors[-5:]),
-                "train_loss": last["train_loss"],
-                "train_acc": last["train_acc"],
-                "test_loss": last["test_loss"],
-                "epochs_done": last["epoch"],
-            }
+        self.metrics = {**empty_metrics(), **history_metrics(history)}
+        final = final or {}
+        self.metrics.update(final.get("metrics", {}))
+        if final.get("diagnostics"):
+            self.diagnostics = final["diagnostics"]
         self.timing = {
             "train_seconds": train_seconds,
             "images_per_second": images / train_seconds if train_seconds else None,
             "peak_memory_mb": peak_memory_mb,
         }
+        if "seconds" in final:
+            self.timing["final_eval_seconds"] = final["seconds"]
 
     def mark_diverged(self, epoch: int, step: int, loss: str) -> None:
         self.status = Status.DIVERGED
@@ -174,3 +209,35 @@ class RunRecord:
     def mark_failed(self, error: BaseException) -> None:
         self.status = Status.FAILED
         self.error = f"{type(error).__name__}: {error}"
+
+
+def sanity_warnings(record: RunRecord) -> list[str]:
+    """Why a run's final numbers say little: a test error within CHANCE_MARGIN points of chance
+    (100 - 100 / classes %), or fewer than MIN_SGD_STEPS SGD steps; empty when neither (or when the
+    record lacks what the checks need)."""
+    warnings = []
+    classes = (record.config.get("data") or {}).get("num_classes")
+    error = (record.metrics or {}).get("test_error")
+    if _is_number(classes) and classes >= 2 and _is_number(error) and math.isfinite(error):
+        chance = 100.0 - 100.0 / classes
+        if error >= chance - CHANCE_MARGIN:
+            warnings.append(
+                f"final test error {error:.2f}% is within {CHANCE_MARGIN:g} points of chance "
+                f"({chance:.4g}% for {classes} classes)"
+            )
+    per_epoch, epochs = (
+        record.setup.get("steps_per_epoch"),
+        (record.metrics or {}).get("epochs_done"),
+    )
+    if _is_number(per_epoch) and _is_number(epochs) and epochs > 0:
+        steps = int(per_epoch * epochs)
+        if steps < MIN_SGD_STEPS:
+            warnings.append(
+                f"only {steps} SGD steps (< {MIN_SGD_STEPS}): raise epochs or data.train_size, "
+                "or lower batch/devices"
+            )
+    return warnings
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -16,6 +16,7 @@ from .errors import UserError
 from .fastpath import check_keys as check_fastpath_keys
 from .norms import NORMS, RUNNING_STATS
 from .optim import LR_SCALINGS, SCHEDULES
+from .precise import ESTIMATORS as PRECISE_ESTIMATORS
 from .progress import MODES as PROGRESS_MODES
 from .values import as_bool, as_choice, as_fractions, as_int, as_number, did_you_mean
 
@@ -103,6 +104,7 @@ def check_devices(cfg: DictConfig) -> None:
     """sgd_batch (null, or the SGD batch that devices is derived from: it must divide and agree
     with a devices setting; normbench.runs.resolve_devices derives it) and eval.running_stats."""
     as_choice(_select(cfg, "eval.running_stats"), "eval.running_stats", RUNNING_STATS)
+    check_evaluation(cfg)
     sgd_batch = _select(cfg, "sgd_batch")
     if sgd_batch is None:
         return
@@ -129,6 +131,17 @@ def check_devices(cfg: DictConfig) -> None:
         f"devices={cfg.devices} is set: give only one of them (devices={derived} or "
         f"sgd_batch={cfg.devices * per_device})"
     )
+
+
+def check_evaluation(cfg: DictConfig) -> None:
+    """eval.precise_batches (an int >= 0) and eval.precise_estimator."""
+    as_int(
+        _select(cfg, "eval.precise_batches"),
+        "eval.precise_batches",
+        minimum=0,
+        hint=": e.g. eval.precise_batches=200 (0 = off)",
+    )
+    as_choice(_select(cfg, "eval.precise_estimator"), "eval.precise_estimator", PRECISE_ESTIMATORS)
 
 
 def check_optimizer(cfg: DictConfig) -> None:

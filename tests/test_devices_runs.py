@@ -27,6 +27,8 @@ SMALL = [
     "epochs=1",
     "lr=0.2",
     "batch=8",
+    "data.val_size=32",
+    "eval.precise_batches=4",
 ]
 # norm -> overrides that take it through all its phases in 32 steps
 NORM_RUNS = {
@@ -57,9 +59,9 @@ def torchrun_out(tmp_path_factory) -> Path:
     return out
 
 
-def saved(run_dir: Path) -> tuple[dict, dict]:
+def saved(run_dir: Path, model: str = "model") -> tuple[dict, dict]:
     checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    return checkpoint["model"], json.loads((run_dir / "record.json").read_text())
+    return checkpoint[model], json.loads((run_dir / "record.json").read_text())
 
 
 def torchrun_dir(out: Path, name: str, devices: int) -> Path:
@@ -93,6 +95,21 @@ def assert_same_training(ours: Path, theirs: Path, devices_each: int) -> None:
     for a, b in zip(my_record["history"], record["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    # the final evaluation: population statistics per device (rank 0's = device 0's; SyncBN's over
+    # all), the test set in chunks normalized by their own statistics, the same images per device
+    # (one image's prediction may flip with ~1e-6 weight differences: 64 test images)
+    precise, rank0_precise = saved(ours, "model_precise")[0], saved(theirs, "model_precise")[0]
+    for name, value in rank0_precise.items():
+        mine_value = precise[name]
+        if value.dim() and mine_value.shape != value.shape:
+            mine_value = mine_value[..., : value.shape[-1]]
+        torch.testing.assert_close(
+            mine_value, value, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}"
+        )
+    for metric in ("test_error_precise", "test_error_batch", "val_error"):
+        ours_value, theirs_value = my_record["metrics"][metric], record["metrics"][metric]
+        assert ours_value == pytest.approx(theirs_value, abs=100 / 64 + 1e-9), metric
 
 
 @pytest.mark.slow
@@ -174,6 +191,8 @@ def _kill_and_resume(tmp_path: Path) -> None:
         "norm.renorm_iters=40",
         "lr=1.6",
         "log.progress=plain",
+        "data.val_size=64",
+        "eval.precise_batches=8",
     ]
     logs = tmp_path / "logs"
     code, _, stderr = run_child([*run, f"out={tmp_path / 'reference'}"], logs)
@@ -189,3 +208,4 @@ def _kill_and_resume(tmp_path: Path) -> None:
     record = only_record(out)
     assert record["run_key"].split("-")[3] == "b4d4x1"
     assert results(record["history"]) == results(reference["history"])  # bit-identical on CPU
+    assert record["metrics"] == reference["metrics"]  # val selection and final evaluation too

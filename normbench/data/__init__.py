@@ -11,7 +11,14 @@ import torch
 
 from normbench.data import cifar, fashion_mnist, imagefolder, mnist, synthetic
 from normbench.data.prep import cfg_get, stratified_subset
-from normbench.data.source import Batch, DataSource, Shard, TensorData, tensor_batches
+from normbench.data.source import (
+    Batch,
+    DataSource,
+    Shard,
+    TensorData,
+    eval_chunk_order,
+    tensor_batches,
+)
 from normbench.errors import UserError
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "DataSpec",
     "Shard",
     "TensorData",
+    "eval_chunk_order",
     "load_data",
     "stratified_subset",
     "tensor_batches",

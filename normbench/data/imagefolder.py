@@ -7,6 +7,9 @@ crop. Workers decode and crop to uint8 tensors in pinned memory (on CUDA); the c
 non-blocking, and the conversion to float and normalization with data.mean/std happen on the device
 (4x less to copy than float32).
 
+Validation images (data.val_size) are held out of train/ (stratified, seeded by data.subset_seed)
+and get the evaluation transform.
+
 Reproducibility: at the start of each epoch one seed is drawn from the run's CPU generator (the one
 the runner checkpoints); it draws the epoch's permutation and one seed per image, and each image's
 crop and flip are made under its own seed in whichever worker loads it. So the order and every crop
@@ -24,8 +27,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from normbench.data.prep import cfg_bool, cfg_get, cfg_int, cfg_mean_std, stratified_subset
-from normbench.data.source import Batch, Shard
+from normbench.data.prep import (
+    cfg_bool,
+    cfg_get,
+    cfg_int,
+    cfg_mean_std,
+    cfg_val_size,
+    split_train_val,
+    stratified_subset,
+)
+from normbench.data.source import Batch, Shard, check_eval_split, eval_chunk_order
 from normbench.errors import UserError
 from normbench.values import bad_value, is_number
 
@@ -87,6 +98,19 @@ class SeededOrder(Sampler):
         return iter(zip(order, seeds))
 
 
+class ChunkOrder(Sampler):
+    """Batches of dataset indices, set before each pass (`chunks`): eval_chunks' seeded order."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.chunks)
+
+
 @dataclass
 class FolderData:
     """Train and val image folders behind DataLoaders; see the module docstring."""
@@ -98,6 +122,7 @@ class FolderData:
     source: str
     train_set: Images
     test_set: Images
+    val_set: Images  # held out of train/, evaluation transform; no samples when data.val_size=0
     mean: list[float]
     std: list[float]
     workers: int
@@ -112,6 +137,10 @@ class FolderData:
     @property
     def test_size(self) -> int:
         return len(self.test_set)
+
+    @property
+    def val_size(self) -> int:
+        return len(self.val_set)
 
     @property
     def device(self) -> torch.device:
@@ -131,16 +160,24 @@ class FolderData:
             ", pinned memory" if self.pin_memory else ""
         )
 
-    def _loader(self, split: str, batch: int) -> DataLoader:
-        """One DataLoader per (split, batch), kept so its workers persist across epochs."""
+    def _loader(self, split: str, batch: int | None) -> DataLoader:
+        """One DataLoader per (split, batch), kept so its workers persist across epochs; batch
+        None: eval_chunks' batches (a ChunkOrder, set before each pass)."""
         if (split, batch) not in self._loaders:
             train = split == "train"
-            dataset = self.train_set if train else self.test_set
+            dataset = {"train": self.train_set, "test": self.test_set, "val": self.val_set}[split]
+            batching: dict[str, Any] = (
+                {"batch_sampler": ChunkOrder()}
+                if batch is None
+                else {
+                    "batch_size": batch,
+                    "sampler": SeededOrder(len(dataset)) if train else None,
+                    "drop_last": train,
+                }
+            )
             self._loaders[split, batch] = DataLoader(
                 dataset,
-                batch_size=batch,
-                sampler=SeededOrder(len(dataset)) if train else None,
-                drop_last=train,
+                **batching,
                 num_workers=self.workers,
                 persistent_workers=self.workers > 0,
                 pin_memory=self.pin_memory,
@@ -182,6 +219,30 @@ class FolderData:
     def test_batches(self, eval_batch: int) -> Iterator[Batch]:
         return self._on_device(self._loader("test", min(eval_batch, MAX_EVAL_BATCH)), None)
 
+    def val_batches(self, eval_batch: int) -> Iterator[Batch]:
+        if not self.val_size:
+            return iter(())  # no loader, no workers
+        return self._on_device(self._loader("val", min(eval_batch, MAX_EVAL_BATCH)), None)
+
+    def eval_chunks(
+        self, split: str, size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Batch, int]]:
+        check_eval_split(split)
+        count = self.test_size if split == "test" else self.val_size
+        return self._chunk_batches(split, eval_chunk_order(count, size, generator))
+
+    def _chunk_batches(
+        self, split: str, chunks: list[tuple[torch.Tensor, int]]
+    ) -> Iterator[tuple[Batch, int]]:
+        """The chunks' images on the device. A generator: the split's one chunk loader gets this
+        order when iteration starts, so an earlier, unstarted call's order is not overwritten."""
+        if not chunks:
+            return
+        loader = self._loader(split, None)
+        loader.batch_sampler.chunks = [index.tolist() for index, _ in chunks]
+        for batch, (_, new) in zip(self._on_device(loader, None), chunks):
+            yield batch, new
+
     def close(self) -> None:
         """Stop the persistent workers now rather than at garbage collection."""
         for loader in self._loaders.values():
@@ -212,11 +273,31 @@ def scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return found.classes, found.samples
 
 
-def subset(samples: list[tuple[str, int]], size: int | None, seed: int) -> list[tuple[str, int]]:
+Samples = list[tuple[str, int]]  # (path, label) per image
+
+
+def subset(samples: Samples, size: int | None, seed: int) -> Samples:
     if size is None or size == len(samples):
         return samples
     index = stratified_subset(torch.tensor([label for _, label in samples]), size, seed)
     return [samples[i] for i in index.tolist()]
+
+
+def choose_samples(cfg: Any, root: Path, num_classes: int | None) -> tuple[Samples, ...]:
+    """(train, val, test) samples per data.train_size/val_size/test_size/subset_seed: val held
+    out of train/ first, then the training subset drawn from the rest (`split_train_val`)."""
+    train_size = cfg_int(cfg, "train_size", None, minimum=1)
+    test_size = cfg_int(cfg, "test_size", None, minimum=1)
+    seed = cfg_int(cfg, "subset_seed", 0)
+    train_samples, test_samples = scan_splits(root, num_classes)
+    val_size = cfg_val_size(cfg, len({label for _, label in train_samples}))
+    labels = torch.tensor([label for _, label in train_samples])
+    train, val = split_train_val(labels, train_size, val_size, seed)
+    return (
+        [train_samples[i] for i in train.tolist()],
+        [train_samples[i] for i in val.tolist()],
+        subset(test_samples, test_size, seed),
+    )
 
 
 def load(cfg: Any, device: torch.device) -> FolderData:
@@ -233,11 +314,8 @@ def load(cfg: Any, device: torch.device) -> FolderData:
     workers = cfg_int(cfg, "workers", 4, minimum=0)
     augment, flip = cfg_bool(cfg, "augment", True), cfg_bool(cfg, "flip", True)
     scale = crop_scale(cfg)
-    train_size = cfg_int(cfg, "train_size", None, minimum=1)
-    test_size = cfg_int(cfg, "test_size", None, minimum=1)
-    seed = cfg_int(cfg, "subset_seed", 0)
 
-    train_samples, test_samples = scan_splits(root, num_classes)
+    train_samples, val_samples, test_samples = choose_samples(cfg, root, num_classes)
     evaluation = [T.Resize(int(image_size / EVAL_RESIZE_RATIO)), T.CenterCrop(image_size)]
     if augment:
         training = [T.RandomResizedCrop(image_size, scale=tuple(float(s) for s in scale))]
@@ -249,18 +327,16 @@ def load(cfg: Any, device: torch.device) -> FolderData:
         )
     else:
         training, described = list(evaluation), "none"
+    evaluate = T.Compose([*evaluation, T.PILToTensor()])
     return FolderData(
         name="imagefolder",
         num_classes=num_classes,
         in_channels=IN_CHANNELS,
         image_size=image_size,
         source=str(root),
-        train_set=Images(
-            subset(train_samples, train_size, seed), T.Compose([*training, T.PILToTensor()])
-        ),
-        test_set=Images(
-            subset(test_samples, test_size, seed), T.Compose([*evaluation, T.PILToTensor()])
-        ),
+        train_set=Images(train_samples, T.Compose([*training, T.PILToTensor()])),
+        test_set=Images(test_samples, evaluate),
+        val_set=Images(val_samples, evaluate),
         mean=mean,
         std=std,
         workers=workers,

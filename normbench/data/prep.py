@@ -113,6 +113,53 @@ def take_subset(images: torch.Tensor, labels: torch.Tensor, size: int | None, se
     return images[index], labels[index]
 
 
+def cfg_val_size(cfg: Any, num_classes: int) -> int:
+    """data.val_size: 0 (no validation split) or at least one image per class, else UserError."""
+    val_size = cfg_int(cfg, "val_size", 0, minimum=0)
+    if 0 < val_size < num_classes:
+        raise UserError(
+            f"data.val_size={val_size} is fewer than the {num_classes} classes: use "
+            f"data.val_size>={num_classes}, or 0 for no validation split"
+        )
+    return val_size
+
+
+def split_train_val(
+    labels: torch.Tensor, train_size: int | None, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices), ascending int64, of a training split's `labels`.
+
+    The `val_size` validation images are held out first (`stratified_subset`, seeded by `seed`),
+    so they depend only on the labels, `val_size` and `seed` (not on `train_size`); the training
+    subset of `train_size` (None: all the rest) is then drawn the same way from the rest. With
+    val_size=0 this is today's subset exactly (and no validation images).
+    """
+    n = labels.numel()
+    if val_size == 0:
+        everything = train_size is None or train_size == n
+        train = torch.arange(n) if everything else stratified_subset(labels, train_size, seed)
+        return train, torch.zeros(0, dtype=torch.int64)
+    if train_size is None and val_size >= n:
+        raise UserError(
+            f"data.val_size={val_size} leaves none of the {n} images of the training split to "
+            f"train on: use data.val_size<{n}"
+        )
+    if train_size is not None and val_size + train_size > n:
+        raise UserError(
+            f"data.val_size={val_size} + data.train_size={train_size} exceed the {n} images of "
+            f"the training split: make them add up to at most {n}"
+        )
+    wanted = n - val_size if train_size is None else train_size
+    val = stratified_subset(labels, val_size, seed).cpu()
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[val] = False
+    remaining = rest.nonzero().squeeze(1)
+    if wanted == remaining.numel():
+        return remaining, val
+    lab = torch.as_tensor(labels).reshape(-1).cpu()
+    return remaining[stratified_subset(lab[remaining], wanted, seed)], val
+
+
 def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     """Indices (ascending, int64, on labels' device) of a class-stratified subset of `size` samples.
 

@@ -1,8 +1,9 @@
-"""Where batches come from: the DataSource protocol, a process's Shard of each epoch, and TensorData
-(a whole data set as tensors on the device)."""
+"""Where batches come from: the DataSource protocol, a process's Shard of each epoch, seeded
+fixed-size evaluation chunks, and TensorData (a whole data set as tensors on the device)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -11,6 +12,7 @@ import torch
 
 # (inputs (B, C, H, W) float32 on the device, targets (B,) int64)
 Batch = tuple[torch.Tensor, torch.Tensor]
+EVAL_SPLITS = ("test", "val")  # what eval_chunks evaluates
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class DataSource(Protocol):
     @property
     def test_size(self) -> int: ...
     @property
+    def val_size(self) -> int: ...  # images held out of the training split (data.val_size)
+    @property
     def device(self) -> torch.device: ...
     @property
     def augmentation(self) -> str: ...  # "none", or what is done to training images
@@ -80,6 +84,17 @@ class DataSource(Protocol):
 
     def test_batches(self, eval_batch: int) -> Iterator[Batch]:
         """The whole test set in a fixed order, in chunks of at most `eval_batch` images."""
+
+    def val_batches(self, eval_batch: int) -> Iterator[Batch]:
+        """The whole validation set in a fixed order, in chunks of at most `eval_batch` images
+        (none when val_size is 0)."""
+
+    def eval_chunks(
+        self, split: str, size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Batch, int]]:
+        """Split "test" or "val" in a random order in chunks of exactly `size` images, each with
+        how many of its leading images are new (to be scored): see `eval_chunk_order`. The order
+        is drawn from the CPU `generator` when this is called (not lazily)."""
 
     def close(self) -> None:
         """Release worker processes, if any."""
@@ -126,6 +141,42 @@ def tensor_batches(
     return batches()
 
 
+def eval_chunk_order(
+    n: int, size: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> list[tuple[torch.Tensor, int]]:
+    """(indices (int64, on `device`), new) of each chunk of exactly `size` of a split's `n`
+    images, in one random order drawn now from the CPU `generator` (nothing is drawn when n is 0:
+    no chunks).
+
+    Chunks are consecutive slices of the order; the last is filled up with images from the start
+    of the order (repeated as often as needed when n < size), and `new` says how many leading
+    indices of the chunk are scored, so every image is scored exactly once. The order is random
+    because splits are stored sorted (ImageFolder sorts by class): a chunk normalized with its
+    own statistics must not be all one class.
+    """
+    if size < 1:
+        raise ValueError(f"evaluation chunks need at least one image, got size={size}")
+    if n == 0:
+        return []
+    order = torch.randperm(n, generator=generator)
+    count = math.ceil(n / size)
+    # one copy to the device, not one per chunk
+    padded = order.repeat(math.ceil(count * size / n))[: count * size].to(device)
+    return [(padded[k * size : (k + 1) * size], min(size, n - k * size)) for k in range(count)]
+
+
+def check_eval_split(split: str) -> None:
+    """eval_chunks takes "test" or "val"."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"eval_chunks evaluates {' or '.join(EVAL_SPLITS)}, not {split!r}")
+
+
+def fixed_batches(x: torch.Tensor, y: torch.Tensor, eval_batch: int) -> Iterator[Batch]:
+    """(x, y) in their stored order, in slices of at most `eval_batch`."""
+    for start in range(0, x.shape[0], eval_batch):
+        yield x[start : start + eval_batch], y[start : start + eval_batch]
+
+
 @dataclass
 class TensorData:
     """A whole data set as tensors on one device; images already normalized. Training batches are
@@ -141,6 +192,9 @@ class TensorData:
     image_size: int
     source: str  # path the data was read from, or "synthetic"
     augment: Any = None  # normbench.data.augment.Augment | None
+    # held out of the training split (data.val_size), normalized like the test set, never augmented
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     @property
     def train_size(self) -> int:
@@ -149,6 +203,10 @@ class TensorData:
     @property
     def test_size(self) -> int:
         return self.test_x.shape[0]
+
+    @property
+    def val_size(self) -> int:
+        return 0 if self.val_x is None else self.val_x.shape[0]
 
     @property
     def device(self) -> torch.device:
@@ -169,9 +227,27 @@ class TensorData:
             self.train_x, self.train_y, batch, count, generator, self.augment, shard
         )
 
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of "test" or "val" (empty when there is no validation split)."""
+        check_eval_split(split)
+        if split == "test":
+            return self.test_x, self.test_y
+        if self.val_x is None or self.val_y is None:
+            return self.test_x[:0], self.test_y[:0]
+        return self.val_x, self.val_y
+
     def test_batches(self, eval_batch: int) -> Iterator[Batch]:
-        for start in range(0, self.test_size, eval_batch):
-            yield self.test_x[start : start + eval_batch], self.test_y[start : start + eval_batch]
+        return fixed_batches(self.test_x, self.test_y, eval_batch)
+
+    def val_batches(self, eval_batch: int) -> Iterator[Batch]:
+        return fixed_batches(*self._split("val"), eval_batch)
+
+    def eval_chunks(
+        self, split: str, size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Batch, int]]:
+        x, y = self._split(split)
+        chunks = eval_chunk_order(len(y), size, generator, x.device)
+        return (((x[index], y[index]), new) for index, new in chunks)
 
     def close(self) -> None:
         """Nothing to release: the tensors go with the object (FolderData stops its loader workers

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from normbench.data import augment
-from normbench.data.prep import cfg_get, cfg_int
+from normbench.data.prep import cfg_get, cfg_int, cfg_val_size, split_train_val
 from normbench.data.source import TensorData
 from normbench.errors import UserError
 
@@ -48,6 +48,7 @@ def load(cfg: Any, device: torch.device) -> TensorData:
     num_classes = cfg_int(cfg, "num_classes", 10, minimum=2)
     train_size = cfg_int(cfg, "train_size", 512, minimum=num_classes)
     test_size = cfg_int(cfg, "test_size", 256, minimum=num_classes)
+    val_size = cfg_val_size(cfg, num_classes)
     in_channels = cfg_int(cfg, "in_channels", 1, minimum=1)
     image_size = cfg_int(cfg, "image_size", 28, minimum=1)
     seed = cfg_int(cfg, "subset_seed", 0)
@@ -59,12 +60,14 @@ def load(cfg: Any, device: torch.device) -> TensorData:
     augmentation = augment.from_config(cfg, [0.0] * in_channels, image_size)
 
     patterns = make_patterns(num_classes, in_channels, image_size, seed)
-    train_x, train_y = make_split(patterns, train_size, noise, _generator(seed, 1))
+    # the validation images come from the train stream too, held out like a real set's
+    images, labels = make_split(patterns, train_size + val_size, noise, _generator(seed, 1))
+    train, val = split_train_val(labels, train_size, val_size, seed)
     test_x, test_y = make_split(patterns, test_size, noise, _generator(seed, 2))
     return TensorData(
         name="synthetic",
-        train_x=train_x.to(device),
-        train_y=train_y.to(device),
+        train_x=images[train].to(device),
+        train_y=labels[train].to(device),
         test_x=test_x.to(device),
         test_y=test_y.to(device),
         num_classes=num_classes,
@@ -72,4 +75,6 @@ def load(cfg: Any, device: torch.device) -> TensorData:
         image_size=image_size,
         source="synthetic",
         augment=augmentation,
+        val_x=images[val].to(device) if val_size else None,
+        val_y=labels[val].to(device) if val_size else None,
     )

@@ -13,8 +13,10 @@ from normbench.data.prep import (
     black,
     cfg_int,
     cfg_mean_std,
+    cfg_val_size,
     check_fixed_shape,
     normalize,
+    split_train_val,
     take_subset,
 )
 from normbench.data.source import TensorData
@@ -46,26 +48,27 @@ def load_image_set(
     read_split: Callable[[Any, str, int, SpecT], tuple[torch.Tensor, torch.Tensor]],
 ) -> TensorData:
     """`locate()` finds the files (-> (handle, source path)); `read_split(handle, "train"|"test",
-    num_classes, spec)` returns uint8 images (N, C, H, W) and int64 labels, checked."""
+    num_classes, spec)` returns uint8 images (N, C, H, W) and int64 labels, checked. The
+    validation images (data.val_size) are held out of the training split (`split_train_val`)."""
     num_classes = cfg_int(cfg, "num_classes", spec.num_classes, minimum=2)
     check_fixed_shape(cfg, spec.title, in_channels, image_size)
     mean, std = cfg_mean_std(cfg, in_channels)
     augmentation = augment.from_config(cfg, black(mean, std), image_size)
     train_size = cfg_int(cfg, "train_size", None, minimum=1)
     test_size = cfg_int(cfg, "test_size", None, minimum=1)
+    val_size = cfg_val_size(cfg, num_classes)
     seed = cfg_int(cfg, "subset_seed", 0)
 
     handle, source = locate()
-
-    def subset(split: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return take_subset(*read_split(handle, split, num_classes, spec), size, seed)
-
-    train_images, train_y = subset("train", train_size)
-    test_images, test_y = subset("test", test_size)
+    images, labels = read_split(handle, "train", num_classes, spec)
+    train, val = split_train_val(labels, train_size, val_size, seed)
+    test_images, test_y = take_subset(
+        *read_split(handle, "test", num_classes, spec), test_size, seed
+    )
     return TensorData(
         name=spec.name,
-        train_x=normalize(train_images, mean, std, device),
-        train_y=train_y.to(device),
+        train_x=normalize(images[train], mean, std, device),
+        train_y=labels[train].to(device),
         test_x=normalize(test_images, mean, std, device),
         test_y=test_y.to(device),
         num_classes=num_classes,
@@ -73,4 +76,6 @@ def load_image_set(
         image_size=image_size,
         source=source,
         augment=augmentation,
+        val_x=normalize(images[val], mean, std, device) if val_size else None,
+        val_y=labels[val].to(device) if val_size else None,
     )

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import UserError
-from .tables import METRICS, Run, Table, build_table, load_runs, warn
+from .metrics import metric_info, parse_metrics
+from .tables import Run, Table, build_table, load_runs, warn
 
 DEFAULT_NAME = "error_vs_batch.png"
 CURVES_NAME = "curves.png"
@@ -61,8 +62,11 @@ def make_figure(table: Table) -> Figure:
     ax.set_xlabel(
         f"{table.cols_key} (images per device)" if table.cols_key == "batch" else table.cols_key
     )
-    ax.set_ylabel(METRICS[table.metric][0])
-    ax.set_title(f"{METRICS[table.metric][0]} vs {table.cols_key} (mean ± std over seeds)")
+    label = metric_info(table.metric).label
+    ax.set_ylabel(label)
+    title = f"{label} vs {table.cols_key} (mean ± std over seeds)"
+    # a long metric label on a line of its own, so that the 6 in wide figure shows the title whole
+    ax.set_title(title if len(title) <= 64 else title.replace(" vs ", "\nvs ", 1))
     ax.grid(True, alpha=0.3)
     if ax.containers:
         ax.legend(title=table.rows_key)
@@ -77,7 +81,12 @@ def plot(
     rows: str = "norm",
     cols: str = "batch",
 ) -> Path:
-    """Build the table under PATH and write the figure (default PATH/error_vs_batch.png)."""
+    """Build the table under PATH and write the figure of one metric (default
+    PATH/error_vs_batch.png)."""
+    if len(parse_metrics(metric)) > 1:
+        raise UserError(
+            f"--metric {metric!r}: a figure draws one metric; give one (a table shows several)"
+        )
     table = build_table(path, metric, rows, cols)
     return save_png(make_figure(table), Path(out) if out is not None else Path(path) / DEFAULT_NAME)
 
@@ -255,7 +264,7 @@ def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
         for ax in (top, bottom):
             ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("train loss")
-    axes[1][0].set_ylabel(METRICS["test_error"][0])
+    axes[1][0].set_ylabel(metric_info("test_error").label)
     handles = [Line2D([], [], color=colors[row], linewidth=widths[row]) for row in drawn]
     fig.legend(
         handles, [str(row) for row in drawn], title=table.rows_key, loc="outside right upper"

@@ -5,24 +5,53 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..files import atomic_write_bytes
-from .tables import BASELINE, DIVERGED, FAILED, METRICS, MISSING, Table, TableCell
+from ..records import CHANCE_MARGIN, MIN_SGD_STEPS
+from .metrics import metric_info
+from .tables import BASELINE, DIVERGED, FAILED, MISSING, Table, TableCell
 
 FORMATS = ("md", "latex", "csv")
+FLAG = "‡"  # a cell with a suspect run (records.sanity_warnings); † already marks divergence
+FLAG_NOTE = (
+    f"{FLAG} some run of this cell is suspect: a final test error within {CHANCE_MARGIN:g} points "
+    f"of chance, or fewer than {MIN_SGD_STEPS} SGD steps (the run says which at its end); never "
+    "bold"
+)
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one text format writes the marks of a table."""
+
+    bold: Callable[[str], str]
+    pm: str
+    dagger: str
+    flag: str
+    delta: str
+    missing: str
+    escape: Callable[[str], str]  # for row labels and metric names
 
 
 def _num(value: float, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
-def cell_text(table: Table, cell: TableCell, pm: str = "±", dagger: str = "†") -> str:
+def cell_text(
+    table: Table,
+    cell: TableCell,
+    pm: str = "±",
+    dagger: str = "†",
+    flag: str = FLAG,
+    metric: str | None = None,
+) -> str:
     """ "24.10 ± 0.30", "24.10" (one seed), "24.10 ± 0.30 (n=2)" (uneven seeds), "23.40† (1 div)",
-    "div" (all diverged), "failed", "–" (nothing usable)."""
-    digits = METRICS[table.metric][1]
+    "31.20‡" (a suspect run), "div" (all diverged), "failed", "–" (nothing usable)."""
+    digits = metric_info(metric or table.metric).digits
     if cell.n == 0:
         if cell.diverged:
             others = [
@@ -37,8 +66,10 @@ def cell_text(table: Table, cell: TableCell, pm: str = "±", dagger: str = "†"
         text += f" {pm} {_num(cell.std, digits)}"
     if cell.diverged:
         text += dagger
+    if cell.flagged:
+        text += flag
     notes = []
-    if table.uneven:
+    if table.uneven(metric):
         notes.append(f"n={cell.n}")
     if cell.diverged:
         notes.append(f"{cell.diverged} div")
@@ -53,65 +84,92 @@ def _delta_text(value: float | None, digits: int) -> str:
     return MISSING if value is None else f"{value:+.{digits}f}"
 
 
+def _labels(table: Table, label: str, metric: str, style: Style) -> list[str]:
+    """The leading cells of a (sub-)row: its label (empty below the first sub-row), then the
+    metric's name when the table shows several."""
+    return [label] + ([style.escape(metric)] if len(table.metrics) > 1 else [])
+
+
 def _grid(
-    table: Table,
-    cost: bool,
-    bold: Callable[[str], str],
-    pm: str,
-    dagger: str,
-    delta: str,
-    missing: str,
+    table: Table, cost: bool, style: Style
 ) -> tuple[list[str], list[list[str]], list[list[str]]]:
-    """(header, body rows, Δ rows) as text cells, shared by Markdown and LaTeX."""
-    digits = METRICS[table.metric][1]
-    header = [f"{table.rows_key} \\ {table.cols_key}", *map(str, table.cols)]
+    """(header, body rows, Δ rows) as text cells, shared by Markdown and LaTeX: one sub-row per
+    metric of each row."""
+    header = [f"{table.rows_key} \\ {table.cols_key}"]
+    header += (["metric"] if len(table.metrics) > 1 else []) + list(map(str, table.cols))
     if cost:
         header += ["images/s", "peak MB"]
     body = []
     for row in table.rows:
-        line = [str(row)]
-        for col in table.cols:
-            cell = table.cell(row, col)
-            text = cell_text(table, cell, pm, dagger).replace(MISSING, missing)
-            if cell.mean is not None and cell.mean == table.best(col):
-                text = bold(text)
-            line.append(text)
-        if cost:
-            ips, mem = table.cost[row]
-            line += [
-                missing if ips is None else f"{ips:.0f}",
-                missing if mem is None else f"{mem:.0f}",
+        for index, metric in enumerate(table.metrics):
+            line = _labels(table, "" if index else style.escape(str(row)), metric, style)
+            for col in table.cols:
+                cell = table.cell(row, col, metric)
+                text = cell_text(table, cell, style.pm, style.dagger, style.flag, metric)
+                text = text.replace(MISSING, style.missing)
+                # a flagged cell is never best (Table.best leaves it out), even at an equal mean
+                if (
+                    not cell.flagged
+                    and cell.mean is not None
+                    and cell.mean == table.best(col, metric)
+                ):
+                    text = style.bold(text)
+                line.append(text)
+            if cost and index == 0:
+                ips, mem = table.cost[row]
+                line += [
+                    style.missing if ips is None else f"{ips:.0f}",
+                    style.missing if mem is None else f"{mem:.0f}",
+                ]
+            body.append(line + ([""] * 2 if cost and index else []))
+    return header, body, _delta_rows(table, cost, style)
+
+
+def _delta_rows(table: Table, cost: bool, style: Style) -> list[list[str]]:
+    """The Δ-vs-BN rows, one sub-row per metric of each non-BN row."""
+    by_metric = {metric: dict(table.deltas(metric)) for metric in table.metrics}
+    lines = []
+    for row, _ in table.deltas():
+        for index, metric in enumerate(table.metrics):
+            digits = metric_info(metric).digits
+            label = "" if index else f"{style.delta} {style.escape(str(row))}−{BASELINE}"
+            line = _labels(table, label, metric, style) + [
+                _delta_text(d, digits).replace(MISSING, style.missing)
+                for d in by_metric[metric][row]
             ]
-        body.append(line)
-    deltas = []
-    for row, diffs in table.deltas():
-        line = [
-            f"{delta} {row}−{BASELINE}",
-            *(_delta_text(d, digits).replace(MISSING, missing) for d in diffs),
-        ]
-        deltas.append(line + ([""] * 2 if cost else []))
-    return header, body, deltas
+            lines.append(line + ([""] * 2 if cost else []))
+    return lines
 
 
 def _notes(table: Table) -> list[str]:
     lines = []
-    if any(c.diverged and c.n for c in table.cells.values()):
+    cells = [c for by_cell in table.cells_by_metric.values() for c in by_cell.values()]
+    if any(c.diverged and c.n for c in cells):
         lines.append("† some seeds diverged; the mean is over the completed ones")
+    if table.flagged:
+        lines.append(FLAG_NOTE)
     for file, status in table.not_counted:
         lines.append(f"not counted ({status}): {file}")
     return lines
 
 
 def caption(table: Table) -> str:
-    label = METRICS[table.metric][0]
+    """What the table shows: the metric(s) with units (and how test_error_at_best_val was selected),
+    over what, and how it is laid out."""
+    labels = "; ".join(metric_info(metric).label for metric in table.metrics)
+    several = len(table.metrics) > 1
     return (
-        f"{label}, mean ± sample std over seeds, {table.n_runs} run records; best per column in "
-        f"bold; rows {table.rows_key}, columns {table.cols_key}"
+        f"{labels}{' (one sub-row each)' if several else ''}, mean ± sample std over seeds, "
+        f"{table.n_runs} run records; best per column{' and metric' if several else ''} in bold; "
+        f"rows {table.rows_key}, columns {table.cols_key}"
     )
 
 
+MARKDOWN = Style(lambda t: f"**{t}**", "±", "†", FLAG, "Δ", MISSING, lambda t: t)
+
+
 def to_markdown(table: Table, cost: bool = False) -> str:
-    header, body, deltas = _grid(table, cost, lambda t: f"**{t}**", "±", "†", "Δ", MISSING)
+    header, body, deltas = _grid(table, cost, MARKDOWN)
     lines = [caption(table), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body + deltas]
     notes = _notes(table)
@@ -130,58 +188,72 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def to_latex(table: Table, cost: bool = False) -> str:
-    header, body, deltas = _grid(
-        table, cost, lambda t: f"\\textbf{{{t}}}", "$\\pm$", "$^\\dagger$", "$\\Delta$", "--"
-    )
-    header = [_latex_escape(table.rows_key)] + [_latex_escape(h) for h in header[1:]]
+LATEX = Style(
+    lambda t: f"\\textbf{{{t}}}",
+    "$\\pm$",
+    "$^\\dagger$",
+    "$^\\ddagger$",
+    "$\\Delta$",
+    "--",
+    _latex_escape,
+)
 
-    def row_tex(line: list[str], first_escaped: bool = False) -> str:
-        cells = [c if first_escaped else _latex_escape(c) for c in line[:1]] + line[1:]
-        return " & ".join(cells).replace("−", "$-$") + r" \\"
+
+def to_latex(table: Table, cost: bool = False) -> str:
+    header, body, deltas = _grid(table, cost, LATEX)
+    labels = 2 if len(table.metrics) > 1 else 1  # row label, then the metric's name
+    head = [f"{_latex_escape(table.rows_key)} $\\backslash$ {_latex_escape(table.cols_key)}"]
+    head += [_latex_escape(h) for h in header[1:]]
+
+    def row_tex(line: list[str]) -> str:
+        return " & ".join(line).replace("−", "$-$") + r" \\"
 
     lines = [
         f"% {caption(table)}",
-        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+        r"\begin{tabular}{" + "l" * labels + "r" * (len(header) - labels) + "}",
         r"\toprule",
-        f"{_latex_escape(table.rows_key)} $\\backslash$ {_latex_escape(table.cols_key)} & "
-        + " & ".join(header[1:])
-        + r" \\",
+        row_tex(head),
         r"\midrule",
     ]
     lines += [row_tex(line) for line in body]
     if deltas:
         lines.append(r"\midrule")
-        lines += [row_tex(line, first_escaped=True) for line in deltas]
+        lines += [row_tex(line) for line in deltas]
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += [f"% {note}" for note in _notes(table)]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: Table, cost: bool = False) -> str:
-    """Raw numbers: per column value `<cols>=<v> mean`, `std`, `n`, `div`; empty where there is
-    none. No Δ row (it is a difference of the means already here)."""
+    """Raw numbers: per column value `<cols>=<v> mean`, `std`, `n`, `div`, and `flagged` (runs with
+    a sanity warning) when the table has any; empty where there is none. Several metrics: a `metric`
+    column after the row key and one line per (row, metric), the long form pandas pivots
+    (`df.pivot(index=..., columns="metric")`). No Δ row (it is a difference of the means already
+    here)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = [table.rows_key]
+    several = len(table.metrics) > 1
+    parts = ("mean", "std", "n", "div") + (("flagged",) if table.flagged else ())
+    header = [table.rows_key] + (["metric"] if several else [])
     for col in table.cols:
-        header += [f"{table.cols_key}={col} {part}" for part in ("mean", "std", "n", "div")]
+        header += [f"{table.cols_key}={col} {part}" for part in parts]
     if cost:
         header += ["images_per_second", "peak_memory_mb"]
     writer.writerow(header)
     for row in table.rows:
-        line: list[Any] = [row]
-        for col in table.cols:
-            cell = table.cell(row, col)
-            line += [
-                repr(cell.mean) if cell.mean is not None else "",
-                repr(cell.std) if cell.std is not None else "",
-                cell.n,
-                cell.diverged,
-            ]
-        if cost:
-            line += [repr(v) if v is not None else "" for v in table.cost[row]]
-        writer.writerow(line)
+        for metric in table.metrics:
+            line: list[Any] = [row] + ([metric] if several else [])
+            for col in table.cols:
+                cell = table.cell(row, col, metric)
+                line += [
+                    repr(cell.mean) if cell.mean is not None else "",
+                    repr(cell.std) if cell.std is not None else "",
+                    cell.n,
+                    cell.diverged,
+                ] + ([cell.flagged] if table.flagged else [])
+            if cost:
+                line += [repr(v) if v is not None else "" for v in table.cost[row]]
+            writer.writerow(line)
     return buffer.getvalue()
 
 

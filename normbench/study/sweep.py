@@ -3,7 +3,9 @@ trains, then run cell by cell in this process or through a Hydra launcher (study
 
 The runner skips completed runs, so rerunning a sweep only does what is missing. At the end the
 sweep's table (md, LaTeX, CSV) and error-vs-batch figure are written to `<out>/sweeps/<name>/` next
-to a `sweep.yaml` listing the cells.
+to a `sweep.yaml` listing the cells. The table shows test_error and, one sub-row each, those of
+test_error_at_best_val, test_error_precise and test_error_batch that every completed run holds
+(`--metric` chooses others); the figure draws its first metric.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .cells import Outcome, PlannedRun, prepare, train_here
 from .formats import render, write_text
 from .grid import Grid, bare_key, default_name, expand, sanitize
 from .launch import check_launcher, is_hydra_override, launcher_name, named_launcher, run_launched
+from .metrics import check_known, parse_metrics, sweep_metrics
 from .tables import build_table, load_runs, table_axes
 
 LOG = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ class SweepResult:
     name: str
     sweep_dir: Path
     cells: list[PlannedRun]
+    metrics: list[str] | None = None  # the table's metrics; None: the default (sweep_metrics)
     counts: dict[Outcome, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -48,7 +52,11 @@ class SweepResult:
 
 
 def run_sweep(
-    overrides: list[str], name: str | None = None, user_config_dir: str | None = None, jobs: int = 1
+    overrides: list[str],
+    name: str | None = None,
+    user_config_dir: str | None = None,
+    jobs: int = 1,
+    metric: str | None = None,
 ) -> SweepResult:
     """Plan the whole grid, run each cell (skipping completed ones), then write the sweep folder.
 
@@ -56,6 +64,7 @@ def run_sweep(
     1, or the one named by a `hydra/launcher=...` override (submitit_slurm, submitit_local).
     KeyboardInterrupt propagates (completed cells stay done; rerunning resumes). Under torchrun
     every rank trains each cell; rank 0 reports (normbench.log) and writes the sweep folder.
+    `metric`: the table's metric(s), a comma list (default: sweep_metrics).
     """
     if launched() and (jobs > 1 or named_launcher(overrides)):
         raise UserError(
@@ -64,12 +73,15 @@ def run_sweep(
         )
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give the number of cells to train at once, 1 or more")
+    metrics = None if metric is None else parse_metrics(metric)
+    if metrics is not None:  # the runs are written by this version: they hold known metrics only
+        check_known(metrics)
     hydra_overrides = [text for text in overrides if is_hydra_override(text)]
     grid = expand([text for text in overrides if not is_hydra_override(text)], user_config_dir)
     name = sanitize(name) if name else default_name(grid)
     cells = prepare(grid, user_config_dir)
     out = Path(cells[0].cfg.out).expanduser()
-    result = SweepResult(name, out / "sweeps" / name, cells)
+    result = SweepResult(name, out / "sweeps" / name, cells, metrics)
     launcher = launcher_name(hydra_overrides, jobs)
     if launcher is None:
         if hydra_overrides:
@@ -121,7 +133,8 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
         return
     rows, cols = table_axes([bare_key(k) for k in grid.keys])
     try:
-        table = build_table(folder, "test_error", rows, cols, runs=runs)
+        metrics = result.metrics or sweep_metrics(runs)
+        table = build_table(folder, metrics, rows, cols, runs=runs)
     except UserError as error:
         result.notes.append(f"no table: {error}")
         return

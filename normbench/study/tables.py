@@ -19,13 +19,9 @@ import yaml
 
 from ..config import ADDED_KEYS, changes_results, flatten, with_added_keys
 from ..errors import UserError
-from ..records import RECORD_FILE, NotARunRecord, RunRecord, Status
+from ..records import RECORD_FILE, NotARunRecord, RunRecord, Status, sanity_warnings
+from .metrics import HIGHER, NEITHER, check_held, metric_info, parse_metrics, sweep_metrics
 
-METRICS = {  # metric -> (label with units, digits shown); lower is better for all of them
-    "test_error": ("top-1 test error (%)", 2),
-    "best_test_error": ("best top-1 test error (%)", 2),
-    "train_loss": ("train loss", 4),
-}
 GROUP_KEYS = ("norm", "backbone", "data", "optim")  # `norm` means `norm.name`, and so on
 MISSING, DIVERGED, FAILED = "–", "div", "failed"
 BASELINE = "bn"
@@ -55,6 +51,9 @@ class TableCell:
     diverged: int = 0
     failed: int = 0
     pending: int = 0  # running or interrupted
+    flagged: int = (
+        0  # completed runs among `values` with a sanity warning (records.sanity_warnings)
+    )
     sources: list[Path] = field(default_factory=list)
 
     @property
@@ -72,24 +71,42 @@ class TableCell:
 
 @dataclass
 class Table:
+    """Rows x columns of runs, one TableCell per metric in each (`metrics`: one sub-row each)."""
+
     rows_key: str
     cols_key: str
-    metric: str
+    metrics: list[str]
     rows: list[Any]
     cols: list[Any]
-    cells: dict[tuple[Any, Any], TableCell]
+    cells_by_metric: dict[str, dict[tuple[Any, Any], TableCell]]
     cost: dict[Any, tuple[float | None, float | None]]  # row -> (mean images/s, max peak memory MB)
     not_counted: list[tuple[Path, str]]  # running / failed / interrupted records
     n_runs: int
 
-    def cell(self, row: Any, col: Any) -> TableCell:
-        return self.cells.get((row, col), TableCell())
+    @property
+    def metric(self) -> str:
+        """The first (or only) metric."""
+        return self.metrics[0]
 
-    def best(self, col: Any) -> float | None:
-        means = [self.cell(r, col).mean for r in self.rows if self.cell(r, col).mean is not None]
-        return min(means) if means else None
+    @property
+    def cells(self) -> dict[tuple[Any, Any], TableCell]:
+        """The first metric's cells."""
+        return self.cells_by_metric[self.metric]
 
-    def deltas(self) -> list[tuple[Any, list[float | None]]]:
+    def cell(self, row: Any, col: Any, metric: str | None = None) -> TableCell:
+        return self.cells_by_metric[metric or self.metric].get((row, col), TableCell())
+
+    def best(self, col: Any, metric: str | None = None) -> float | None:
+        """The best mean of a column among cells without a sanity flag (lowest, or highest for
+        accuracies); None for a metric that is better neither way."""
+        better = metric_info(metric or self.metric).better
+        cells = [self.cell(row, col, metric) for row in self.rows]
+        means = [c.mean for c in cells if c.mean is not None and not c.flagged]
+        if better == NEITHER or not means:
+            return None
+        return max(means) if better == HIGHER else min(means)
+
+    def deltas(self, metric: str | None = None) -> list[tuple[Any, list[float | None]]]:
         """One "Δ vs BN" row per non-BN norm (row mean minus the bn row's mean, per column), like
         the "GN−BN" row of the GN paper's Table 2; empty unless rows are norms and a bn row
         exists."""
@@ -101,15 +118,20 @@ class Table:
                 continue
             diffs = []
             for col in self.cols:
-                a, b = self.cell(row, col).mean, self.cell(BASELINE, col).mean
+                a, b = self.cell(row, col, metric).mean, self.cell(BASELINE, col, metric).mean
                 diffs.append(None if a is None or b is None else a - b)
             out.append((row, diffs))
         return out
 
-    @property
-    def uneven(self) -> bool:
+    def uneven(self, metric: str | None = None) -> bool:
         """True when the number of completed seeds differs between the cells that have any."""
-        return len({c.n for c in self.cells.values() if c.n}) > 1
+        cells = self.cells_by_metric[metric or self.metric].values()
+        return len({c.n for c in cells if c.n}) > 1
+
+    @property
+    def flagged(self) -> bool:
+        """True when some cell holds a run with a sanity warning."""
+        return any(c.flagged for cells in self.cells_by_metric.values() for c in cells.values())
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:
@@ -244,16 +266,53 @@ def _check_cell(runs: list[Run], where: str) -> None:
 
 def build_table(
     path: Path | str,
-    metric: str = "test_error",
+    metric: str | list[str] | None = "test_error",
     rows: str = "norm",
     cols: str = "batch",
     runs: list[Run] | None = None,
 ) -> Table:
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    """The table of the runs under PATH (or `runs`): `metric` is one metric a record holds or a
+    comma list of them (one sub-row each); None: those of a sweep's own table for a sweep folder
+    (metrics.sweep_metrics), else test_error. Rows and columns are config keys."""
+    metrics = None if metric is None else parse_metrics(metric)
     if rows == cols:
         raise UserError(f"--rows and --cols are both {rows!r}; choose two different config keys")
     runs = load_runs(path) if runs is None else runs
+    if metrics is None:
+        metrics = sweep_metrics(runs) if (Path(path) / "sweep.yaml").is_file() else ["test_error"]
+    check_held(metrics, runs, path)
+    groups = _group(runs, rows, cols, path)
+    cells: dict[str, dict[tuple[Any, Any], TableCell]] = {name: {} for name in metrics}
+    not_counted: list[tuple[Path, str]] = []
+    cost_runs: dict[Any, list[Run]] = {}
+    flagged = {
+        run.path for run in runs if run.status is Status.COMPLETED and sanity_warnings(run.record)
+    }
+    for (r, c), members in groups.items():
+        _check_cell(members, f"{rows}={r} {cols}={c}")
+        members = sorted(members, key=lambda x: str(x.get("seed")))
+        for name in metrics:
+            cells[name][(r, c)] = _fill_cell(members, name, flagged)
+        first = cells[metrics[0]][(r, c)]
+        cost_runs.setdefault(r, []).extend(run for run in members if run.path in first.sources)
+        not_counted += [(run.path, run.status.value) for run in members if not run.status.final]
+    row_values = _order({r for r, _ in groups}, rows)
+    cost = {r: _cost(cost_runs.get(r, [])) for r in row_values}
+    return Table(
+        rows,
+        cols,
+        metrics,
+        row_values,
+        _order({c for _, c in groups}, cols),
+        cells,
+        cost,
+        sorted(not_counted),
+        len(runs),
+    )
+
+
+def _group(runs: list[Run], rows: str, cols: str, path: Path | str) -> dict[tuple, list[Run]]:
+    """The runs by (row value, column value); one without either key is skipped with a warning."""
     groups: dict[tuple[Any, Any], list[Run]] = {}
     for run in runs:
         r, c = run.get(rows), run.get(cols)
@@ -267,40 +326,37 @@ def build_table(
             f"no run under {path} has both {rows!r} and {cols!r} in its config; "
             f"--rows/--cols take config keys such as norm, batch, accum, norm.groups"
         )
-    cells: dict[tuple[Any, Any], TableCell] = {}
-    not_counted: list[tuple[Path, str]] = []
-    cost_runs: dict[Any, list[Run]] = {}
-    for (r, c), members in groups.items():
-        _check_cell(members, f"{rows}={r} {cols}={c}")
-        cell = cells[(r, c)] = TableCell()
-        for run in sorted(members, key=lambda x: str(x.get("seed"))):
-            value = _metric_of(run, metric)
-            if run.status is Status.COMPLETED and value is not None:
-                cell.values.append(value)
-                cell.sources.append(run.path)
-                cost_runs.setdefault(r, []).append(run)
-            # completed with a NaN metric: diverged
-            elif run.status.final:
-                cell.diverged += 1
-            elif run.status is Status.FAILED:
-                cell.failed += 1
-                not_counted.append((run.path, run.status.value))
-            else:  # running / interrupted: not finished, never averaged
-                cell.pending += 1
-                not_counted.append((run.path, run.status.value))
-    row_values = _order({r for r, _ in groups}, rows)
-    cost = {r: _cost(cost_runs.get(r, [])) for r in row_values}
-    return Table(
-        rows,
-        cols,
-        metric,
-        row_values,
-        _order({c for _, c in groups}, cols),
-        cells,
-        cost,
-        sorted(not_counted),
-        len(runs),
-    )
+    return groups
+
+
+def _fill_cell(members: list[Run], metric: str, flagged: set[Path]) -> TableCell:
+    """One metric's cell of the runs of a row x column: completed runs with a finite value are
+    averaged; a final run without one (diverged, or completed with NaN) counts as diverged; a
+    completed run that lacks the metric (an older record) is left out; failed and unfinished runs
+    are counted, never averaged. `flagged`: runs with a sanity warning."""
+    cell = TableCell()
+    for run in members:
+        value = _metric_of(run, metric)
+        if run.status is Status.COMPLETED and value is not None:
+            cell.values.append(value)
+            cell.sources.append(run.path)
+            cell.flagged += run.path in flagged
+        elif run.status is Status.COMPLETED and _lacks(run, metric):
+            continue
+        elif run.status.final:
+            cell.diverged += 1
+        elif run.status is Status.FAILED:
+            cell.failed += 1
+        else:  # running / interrupted: not finished, never averaged
+            cell.pending += 1
+    return cell
+
+
+def _lacks(run: Run, metric: str) -> bool:
+    """The record has no value for the metric (not even NaN), though it has a test error: it was
+    written before the metric existed, or the metric does not apply (val without a val split)."""
+    metrics = run.record.metrics or {}
+    return metrics.get(metric) is None and _metric_of(run, "test_error") is not None
 
 
 def _cost(runs: list[Run]) -> tuple[float | None, float | None]:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from normbench.study.formats import render
+from normbench.study.metrics import sweep_metrics
 from normbench.study.tables import build_table, load_runs, table_axes
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -28,7 +29,7 @@ def test_committed_tables_are_what_the_committed_records_give(folder):
     assert len(runs) == len(meta["cells"])  # every cell's record is committed, beside the sweep
     assert all(str(run.path).startswith(str(RESULTS)) for run in runs)
     rows, cols = table_axes([key.lstrip("+~") for key in meta["swept"]])
-    table = build_table(folder, "test_error", rows, cols, runs=runs)
+    table = build_table(folder, sweep_metrics(runs), rows, cols, runs=runs)
     for fmt, name in FILES.items():
         assert render(table, fmt) == (folder / name).read_text(), f"{folder / name} is stale"
     assert (folder / "error_vs_batch.png").read_bytes()[:4] == b"\x89PNG"

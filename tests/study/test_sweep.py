@@ -17,7 +17,8 @@ from normbench import runner
 from normbench.errors import UserError
 from normbench.study.cells import CellComposer
 from normbench.study.grid import default_name, expand
-from normbench.study.tables import table_axes
+from normbench.study.metrics import sweep_metrics
+from normbench.study.tables import load_runs, table_axes
 
 
 def _sweep(normbench, root, *args):
@@ -140,27 +141,40 @@ def test_resume_trains_only_what_is_missing_and_writes_the_sweep_folder(
     records = _records(root)
     assert sorted(cell["run_key"] for cell in meta["cells"]) == sorted(records)
 
-    # every table cell is the record's metric (one seed: mean = the value)
+    # every table cell is the record's metric (one seed: mean = the value), for each metric the
+    # sweep's table shows: test_error, and a sub-row for each newer test error every run holds
+    metrics = sweep_metrics(load_runs(folder))
+    assert metrics[0] == "test_error"
     table = (folder / "table.md").read_text()
-    rows = {
-        line.split("|")[1].strip(): [c.strip().strip("*") for c in line.split("|")[2:-1]]
-        for line in table.splitlines()
-        if line.startswith("| bn ") or line.startswith("| gn ")
-    }
+    cells, norm = {}, None
+    for line in table.splitlines()[4:]:  # below the caption, a blank line, header and separator
+        parts = [c.strip().strip("*") for c in line.split("|")[1:-1]]
+        if not parts or parts[0].startswith("Δ"):
+            break
+        norm = parts[0] or norm  # a metric's sub-row leaves the row label empty
+        cells[(norm, parts[1] if len(metrics) > 1 else "test_error")] = parts[-2:]
+    assert set(cells) == {(n, m) for n in ("bn", "gn") for m in metrics}
     for record in records.values():
         # batch columns descend, as in the GN paper
         column = [16, 8].index(record["config"]["batch"])
-        assert (
-            rows[record["config"]["norm"]["name"]][column]
-            == f"{record['metrics']['test_error']:.2f}"
-        )
+        for metric in metrics:
+            # tiny runs (under records.MIN_SGD_STEPS SGD steps) are marked ‡ and never bold
+            assert (
+                cells[(record["config"]["norm"]["name"], metric)][column]
+                == f"{record['metrics'][metric]:.2f}‡"
+            )
     with open(folder / "table.csv") as handle:
-        csv_rows = {row["norm"]: row for row in csv.DictReader(handle)}
+        csv_rows = {
+            (row["norm"], row.get("metric", "test_error")): row for row in csv.DictReader(handle)
+        }
     for record in records.values():
-        value = float(
-            csv_rows[record["config"]["norm"]["name"]][f"batch={record['config']['batch']} mean"]
-        )
-        assert value == pytest.approx(record["metrics"]["test_error"])
+        for metric in metrics:
+            value = float(
+                csv_rows[(record["config"]["norm"]["name"], metric)][
+                    f"batch={record['config']['batch']} mean"
+                ]
+            )
+            assert value == pytest.approx(record["metrics"][metric])
     assert "\\toprule" in (folder / "table.tex").read_text()
     # `normbench table <sweep folder>` reads exactly the cells its sweep.yaml lists (a stray run
     # elsewhere under the out folder does not leak in) and prints what the sweep wrote
