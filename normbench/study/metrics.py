@@ -43,7 +43,7 @@ KNOWN = {
     metric.name: metric
     for metric in (
         Metric("test_error", "top-1 test error (%)", 2, LOWER),
-        Metric("test_error_precise", "top-1 test error, precise BN statistics (%)", 2, LOWER),
+        Metric("test_error_precise", "top-1 test error, population statistics (%)", 2, LOWER),
         Metric("test_error_batch", "top-1 test error, batch statistics (%)", 2, LOWER),
         Metric(
             "test_error_at_best_val", "top-1 test error, epoch selected on validation (%)", 2, LOWER
@@ -52,7 +52,9 @@ KNOWN = {
         Metric("best_val_error", "best top-1 validation error (%)", 2, LOWER),
         Metric("best_val_epoch", "epoch of the best validation error", 1, NEITHER),
         Metric("test_acc", "top-1 test accuracy (fraction)", 4, HIGHER),
-        Metric("best_test_error", "best top-1 test error (%)", 2, LOWER),
+        Metric(
+            "best_test_error", "lowest top-1 test error over epochs (%, chosen on test)", 2, LOWER
+        ),
         Metric("median5_test_error", "median top-1 test error of the last 5 epochs (%)", 2, LOWER),
         Metric("train_loss", "train loss", 4, LOWER),
         Metric("train_acc", "train accuracy (fraction)", 4, HIGHER),

@@ -179,7 +179,7 @@ def test_several_metrics_markdown_one_sub_row_each_best_per_column_and_metric(tm
     text = to_markdown(build_table(two_norms(tmp_path), METRICS3), cost=True)
     caption = text.splitlines()[0]
     assert caption.startswith(
-        "top-1 test error (%); top-1 test error, precise BN statistics (%); top-1 test error, "
+        "top-1 test error (%); top-1 test error, population statistics (%); top-1 test error, "
         "batch statistics (%) (one sub-row each)"
     )
     assert "best per column and metric in bold" in caption
@@ -279,7 +279,7 @@ def test_no_suspect_run_no_mark_no_footnote(tmp_path):
 def test_plot_a_new_metric(tmp_path, normbench):
     two_norms(tmp_path)
     ax = make_figure(build_table(tmp_path, "test_error_precise")).axes[0]
-    assert ax.get_ylabel() == "top-1 test error, precise BN statistics (%)"
+    assert ax.get_ylabel() == "top-1 test error, population statistics (%)"
     assert list(ax.containers[0].lines[0].get_ydata()) == [18.0, 18.0]
     target = tmp_path / "precise.png"
     result = normbench(
