@@ -133,8 +133,10 @@ def _batch_stats_error(
     generator = torch.Generator().manual_seed(cfg.seed + CHUNK_SEED_OFFSET)
     size = cfg.batch * cfg.devices * session.world_size
     chunks = rank_major(data.eval_chunks("test", size, generator), session.world_size, cfg.devices)
+    # a one-process Session of another rank (tests of rank-1 behaviour) still evaluates its chunks
+    rank = session.rank if session.world_size > 1 else 0
     _, accuracy = evaluate_with_batch_stats(
-        model, chunks, session.rank, session.world_size, session.average, autocast=autocast
+        model, chunks, rank, session.world_size, session.average, autocast=autocast
     )
     return 100.0 * (1.0 - accuracy)
 
