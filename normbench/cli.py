@@ -12,7 +12,7 @@ import typer
 from . import log
 from .config import config_dir
 from .errors import UserError
-from .help_text import SWEEP_HELP, config_help
+from .help_text import SWEEP_HELP, config_help, norm_lines
 from .study.formats import render, write_text
 from .study.metrics import KNOWN, SWEEP_EXTRA
 from .study.tables import build_table
@@ -27,6 +27,13 @@ CONFIG_DIR_OPTION = typer.Option(
     "shipped ones. Also NORMBENCH_CONFIG_DIR.",
 )
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show full tracebacks.")
+PLUGIN_OPTION = typer.Option(  # run, sweep, check, list
+    None,
+    "--plugin",
+    metavar="MODULE",
+    help="Import MODULE, which registers norms with normbench.norms.register_norm (repeatable; "
+    "also NORMBENCH_PLUGINS=mod1,mod2 and entry points normbench.norms; README: Your own norm).",
+)
 KNOWN_METRICS = ", ".join(KNOWN)
 
 app = typer.Typer(
@@ -52,14 +59,17 @@ def run(
     ctx: typer.Context,
     config_dir: Path | None = CONFIG_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
+    plugin: list[str] | None = PLUGIN_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
     # deferred, like every command that trains: torch takes seconds to import; --help does not
     from .config import compose
+    from .plugins import load_plugins
     from .runner import run as run_one
 
     overrides = list(ctx.args)
     _reject_options(overrides)
+    load_plugins(plugin or ())  # before composing: a plugin norm's config comes with it
     cfg, choices = compose(overrides, config_dir, with_choices=True)
     try:
         result = run_one(
@@ -125,13 +135,16 @@ def sweep(
         f"test_error, plus each of {', '.join(SWEEP_EXTRA)} that every completed run holds). "
         f"Known: {KNOWN_METRICS}.",
     ),
+    plugin: list[str] | None = PLUGIN_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
     # deferred, like every command that trains: torch takes seconds to import, `table` needs none
+    from .plugins import load_plugins
     from .study.sweep import report, run_sweep
 
     overrides = list(ctx.args)
     _reject_options(overrides)
+    load_plugins(plugin or ())  # before the cells are composed; launched jobs load them too
     try:
         result = run_sweep(
             overrides, name, str(config_dir) if config_dir else None, jobs=jobs, metric=metric
@@ -152,8 +165,9 @@ LISTABLE = ("norms", "backbones", "data", "experiments")
 @app.command("list")
 def list_(
     what: str = typer.Argument("norms", help="norms, backbones, data or experiments"),
+    plugin: list[str] | None = PLUGIN_OPTION,
 ) -> None:
-    """What is available, one line each."""
+    """What is available, one line each; a plugin norm says which module registered it."""
     if what not in LISTABLE:
         raise UserError(
             f"cannot list {what!r}{did_you_mean(what, LISTABLE)}; choose one of: "
@@ -161,14 +175,11 @@ def list_(
         )
     if what == "norms":
         from .norms import NORMS  # deferred here and below: the registries import torch
+        from .plugins import load_plugins
 
-        for name, spec in NORMS.items():
-            traits = ["batch stats" if spec.batch_dependent else "batch-independent"]
-            if spec.includes_activation:
-                traits.append("own activation")
-            if not spec.supports_1d:
-                traits.append("no fc form")
-            typer.echo(f"{name:<12} {spec.description}  [{', '.join(traits)}]")
+        load_plugins(plugin or ())
+        for line in norm_lines(NORMS):
+            typer.echo(line)
     elif what == "backbones":
         from .backbones import BACKBONES
 
@@ -198,12 +209,15 @@ def list_(
 @app.command()
 def check(
     norm: str | None = typer.Option(None, "--norm", help="Only the checks about this norm."),
+    plugin: list[str] | None = PLUGIN_OPTION,
 ) -> None:
     """Numerical self-check of the norm layers: one PASS/FAIL line per check; exit 1 if any
     fails."""
     from .norms import NORMS  # deferred: imports torch
+    from .plugins import load_plugins
     from .selfcheck import run_checks
 
+    load_plugins(plugin or ())
     if norm is not None and norm not in NORMS:
         raise UserError(
             f"unknown norm {norm!r}{did_you_mean(norm, NORMS)}; choose one of: {', '.join(NORMS)}"

@@ -13,6 +13,7 @@ from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -143,14 +144,18 @@ def _cached_run_config(
 
 def _fingerprint(search_path: tuple[str, ...]) -> tuple:
     """(path, size, mtime) of every file Hydra may read: the shipped configs and the user config
-    dir, so an edited or added YAML file is composed afresh."""
+    dir, so an edited or added YAML file is composed afresh; and the norm configs plugins stored."""
     prefix, suffix = "hydra.searchpath=[file://", "]"  # as search_path_overrides writes them
     folders = [
         config_dir(),
         *(Path(s.removeprefix(prefix).removesuffix(suffix)) for s in search_path),
     ]
     files = [path for folder in folders for path in sorted(folder.rglob("*.yaml"))]
-    return tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    stored = ConfigStore.instance().repo.get("norm", {})  # plugin norms (normbench.plugins)
+    return (
+        *((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files),
+        *((name, repr(node.node)) for name, node in sorted(stored.items())),
+    )
 
 
 def compose_with_hydra(

@@ -19,6 +19,7 @@ from torch import nn
 
 from .data import DataSource
 from .distributed import Session
+from .norms.switchable_norm import importance_weights
 from .precise import Chunk, apply_precise, evaluate_with_batch_stats, precise_statistics
 from .train import evaluate
 
@@ -67,6 +68,9 @@ def final_evaluation(
         )
         metrics["test_error_precise"] = test_error if precise_error is None else precise_error
         diagnostics.update(precise)
+    importance = learned_importance(model)
+    if importance:
+        diagnostics["norm_importance"] = importance
     if batch_dependent:
         metrics["test_error_batch"] = _batch_stats_error(model, cfg, data, session, autocast)
     else:
@@ -166,3 +170,14 @@ def precise_inputs(
         for inputs, _ in session.train_batches(data, batch, take, 1, generator):
             yield inputs
         count -= take
+
+
+def learned_importance(model: nn.Module) -> dict[str, Any]:
+    """{layer name: its learned importance weights} of every Switchable Norm layer (the SN paper's
+    analysis reads them), for the record; {} when there is none."""
+    report = {}
+    for name, module in model.named_modules():
+        weights = importance_weights(module)
+        if weights is not None:
+            report[name] = weights
+    return report

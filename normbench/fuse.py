@@ -7,6 +7,7 @@ import copy
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
 from .norms._common import eval_affine
 
@@ -14,7 +15,8 @@ __all__ = ["eval_affine", "fold_layer", "fold_norms"]
 
 
 def _layer_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight the layer actually applies (centred / standardized convs reparametrize theirs)."""
+    """The weight the layer actually applies (centred / standardized convs reparametrize theirs; a
+    parametrized layer's `weight` is computed, e.g. Weight Normalization's g * v / ||v||)."""
     return layer.effective_weight() if hasattr(layer, "effective_weight") else layer.weight
 
 
@@ -50,10 +52,19 @@ def fold_layer(layer: nn.Conv2d | nn.Linear, scale: torch.Tensor, shift: torch.T
 
 class _ChildlessLeafTracer(fx.Tracer):
     """Treats every module without children (convs, norms, activations) as one graph node, so custom
-    norms with Python checks in forward trace fine and can be matched by type."""
+    norms with Python checks in forward trace fine and can be matched by type; so is a parametrized
+    layer (Weight Normalization), whose only children compute its weight."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return next(module.children(), None) is None
+        return next(module.children(), None) is None or parametrize.is_parametrized(module)
+
+
+def _foldable(layer: nn.Module) -> bool:
+    """A conv (any nn.Conv2d) or a plain nn.Linear, parametrized ones included (Weight
+    Normalization)."""
+    # parametrize swaps a layer's class for a Parametrized<Class> subclass of it
+    plain = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)
+    return plain is nn.Linear or isinstance(layer, nn.Conv2d)
 
 
 def fold_norms(model: nn.Module) -> tuple[fx.GraphModule, int]:
@@ -78,7 +89,7 @@ def fold_norms(model: nn.Module) -> tuple[fx.GraphModule, int]:
         ):
             continue
         layer = modules[source.target]
-        if type(layer) not in (nn.Linear,) and not isinstance(layer, nn.Conv2d):
+        if not _foldable(layer):
             continue
         _replace_submodule(folded_model, source.target, fold_layer(layer, *affine))
         node.replace_all_uses_with(source)

@@ -1,9 +1,11 @@
-"""The long help texts of the `normbench` command line: the config keys with their defaults, and
-how a sweep works."""
+"""The long help texts of the `normbench` command line: the config keys with their defaults, how a
+sweep works, and the lines of `normbench list norms`."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from .config import GROUPS, config_dir
 
@@ -35,8 +37,28 @@ def config_help() -> str:
         "",
         "Norm options live under norm. (see configs/norm/*.yaml), e.g. norm.groups=8 "
         "norm.eps=1e-6.",
+        "",
+        "Your own norm: a module that calls normbench.norms.register_norm, loaded with --plugin "
+        "MODULE, NORMBENCH_PLUGINS=mod1,mod2 or an installed package's entry point (group "
+        "normbench.norms); then norm=<its name> (normbench list norms --plugin MODULE).",
     ]
     return "\n".join(lines)
+
+
+def norm_lines(norms: Mapping[str, Any]) -> list[str]:
+    """`normbench list norms`: one line per registered norm (NORMS) with its traits; a plugin's
+    names the module that registered it."""
+    lines = []
+    for name, spec in norms.items():
+        traits = ["batch stats" if spec.batch_dependent else "batch-independent"]
+        if spec.includes_activation:
+            traits.append("own activation")
+        if not spec.supports_1d:
+            traits.append("no fc form")
+        if spec.plugin is not None:
+            traits.append(f"plugin: {spec.plugin}")
+        lines.append(f"{name:<12} {spec.description}  [{', '.join(traits)}]")
+    return lines
 
 
 SWEEP_HELP = """Run the grid of all sweep overrides (Hydra syntax), one cell after another, then

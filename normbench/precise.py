@@ -20,6 +20,7 @@ from .errors import UserError
 from .norms import EvoNormB0, GhostBatchNorm, MovingAverageBatchNorm, PerDevice
 from .norms._common import RunningStatsNorm
 from .norms.ghost_batch_norm import ghost_sizes
+from .norms.switchable_norm import SwitchableNorm
 
 ESTIMATORS = ("population", "paper")  # eval.precise_estimator; the first is the default
 # all_gather of one tensor over the processes (torchrun), in rank order
@@ -87,7 +88,7 @@ def _layer(name: str, module: nn.Module) -> _Layer | None:
         return _Layer(name, module, True, False, devices, None, False)
     if isinstance(norm, EvoNormB0):
         return _Layer(name, module, False, False, devices, None, False)
-    if isinstance(norm, (_BatchNorm, RunningStatsNorm)):
+    if isinstance(norm, (_BatchNorm, RunningStatsNorm, SwitchableNorm)):  # SN: its BN branch's
         ghost = norm.ghost_batch if isinstance(norm, GhostBatchNorm) else None
         synced = isinstance(norm, nn.SyncBatchNorm)
         return _Layer(name, module, False, True, devices, ghost, synced)

@@ -25,6 +25,7 @@ from .errors import UserError
 from .facts import new_record, summarize_norm_layers
 from .files import atomic_write_bytes, claim_run
 from .norms.sync_batch_norm import convert_sync_bn
+from .norms.weight_norm import data_dependent_init, first_batch
 from .optim import LRSchedule, build_optimizer, scaled_lr
 from .records import RECORD_FILE, RunRecord, Status
 from .runs import (
@@ -156,6 +157,8 @@ def build(plan: RunPlan, session: Session) -> Training:
     if cfg.get("sync_bn", False):  # before the Session wraps the model
         norm_modules = convert_sync_bn(model, norm_modules)
     model.to(device)
+    if cfg.norm.get("init") == "data":  # Weight Normalization's data-dependent init (norm=wn*)
+        data_dependent_init(model, first_batch(data, cfg.batch * cfg.devices, cfg.seed))
     optimizer = build_optimizer(model, norm_modules, cfg, plan.lr)
     lr_at = LRSchedule(cfg, plan.lr, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -12,6 +12,7 @@ from torch import nn
 from .backbones import build_model
 from .config import compose
 from .fuse import eval_affine, fold_norms
+from .norm_properties import describe, forms, outputs_and_grads, property_checks, randomize, sample
 from .norms import NORMS, build_norm
 from .norms import reference as ref
 from .norms.ghost_batch_norm import ghost_sizes
@@ -27,46 +28,6 @@ class Check:
     norms: tuple[str, ...]  # the norms it is about, for `normbench check --norm NAME`
     # returns a short detail; raises AssertionError (or any error) on failure
     run: Callable[[], str]
-
-
-def sample(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """float64 input with per-channel offsets and scales, so a wrong axis or a missing affine
-    shows."""
-    generator = torch.Generator().manual_seed(seed)
-    channels = shape[1]
-    view = (1, channels) + (1,) * (len(shape) - 2)
-    offset = torch.randn(channels, generator=generator, dtype=torch.float64).view(view) * 3
-    scale = (torch.rand(channels, generator=generator, dtype=torch.float64) * 4 + 0.5).view(view)
-    return torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset
-
-
-def randomize(module: nn.Module, seed: int = 1) -> nn.Module:
-    """Non-trivial parameter values (weights around 1, the rest around 0; FRN's eps_l small)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            param.copy_(
-                noise * 1e-2 if name == "eps_l" else noise + (1.0 if name == "weight" else 0.0)
-            )
-    return module
-
-
-def outputs_and_grads(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    params: list[torch.Tensor],
-    seed: int = 2,
-) -> list[torch.Tensor]:
-    """[fn(x), d<fn(x), g>/dx, d<fn(x), g>/dparams...] for a fixed random g."""
-    x = x.detach().clone().requires_grad_(True)
-    out = fn(x)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
-    grads = torch.autograd.grad((out * g).sum(), [x, *params], allow_unused=True)
-    return [
-        out.detach(),
-        *[torch.zeros_like(p) if gr is None else gr for p, gr in zip([x, *params], grads)],
-    ]
 
 
 def assert_same_module(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
@@ -96,11 +57,42 @@ def assert_matches_reference(module: nn.Module, reference: Callable, x: torch.Te
 
 
 # Options that make a check exercise the interesting path on a 5-image batch: BRN with its bounds
-# already relaxed (r_max=3, d_max=5 from step 0), GBN with two virtual batches (3 + 2 images).
+# already relaxed (r_max=3, d_max=5 from step 0), GBN with two virtual batches (3 + 2 images); a
+# norm's NormSpec.check_options take their place.
 CHECK_OPTIONS = {
     "brn": {"warmup_start": 0, "rmax_iters": 0, "dmax_iters": 0},
     "gbn": {"ghost_batch": 2},
 }
+# the norms whose formulas this module's own table holds (_train_reference, _eval_reference); any
+# other norm has a reference check where its NormSpec.reference is set
+TABLE_REFERENCES = (
+    "bn",
+    "syncbn",
+    "brn",
+    "gbn",
+    "mabn",
+    "evonorm_b0",
+    "ln",
+    "in",
+    "gn",
+    "gn_ws",
+    "frn",
+    "evonorm_s0",
+    "none",
+)
+
+
+def has_reference(name: str) -> bool:
+    return NORMS[name].reference is not None or name in TABLE_REFERENCES
+
+
+def _references(name: str, module: nn.Module, act: bool, x: torch.Tensor) -> tuple:
+    """(train formula, eval formula maker): the NormSpec's reference where set, else this module's
+    table; the eval formula is made after the training step (it reads the running statistics)."""
+    reference = NORMS[name].reference
+    if reference is not None:
+        return reference(module, True, act), lambda: reference(module, False, act)
+    return _train_reference(name, module, act, x), lambda: _eval_reference(name, module, act)
 
 
 def _train_reference(name: str, module: nn.Module, act: bool, x: torch.Tensor) -> Callable:
@@ -151,26 +143,22 @@ def _stateless_reference(name: str, module: nn.Module, act: bool) -> Callable:
 
 
 def _check_reference(name: str) -> Callable[[], str]:
+    """The layer (with its check options) against its formula: the first training step of a fresh
+    layer, then eval."""
+
     def run() -> str:
         spec = NORMS[name]
-        dims = (2, 1) if spec.supports_1d else (2,)
-        acts = (True, False) if spec.includes_activation else (True,)
-        done = []
-        for dim in dims:
+        built = spec.check_options or CHECK_OPTIONS.get(name, {})
+        for dim, act in forms(name):
             shape = (5, 6, 4, 3) if dim == 2 else (5, 6)
-            for act in acts:
-                module = randomize(
-                    build_norm(name, 6, dim, act=act, **CHECK_OPTIONS.get(name, {})).double()
-                )
-                x = sample(shape, seed=3)
-                module.train()
-                assert_matches_reference(module, _train_reference(name, module, act, x), x)
-                module.eval()
-                assert_matches_reference(
-                    module, _eval_reference(name, module, act), sample(shape, seed=4)
-                )
-                done.append(f"dim={dim}" + ("" if act else " act=False"))
-        return f"train + eval, output + all gradients ({', '.join(done)})"
+            module = randomize(build_norm(name, 6, dim, act=act, **built).double())
+            x = sample(shape, seed=3)
+            module.train()
+            train_reference, eval_reference = _references(name, module, act, x)
+            assert_matches_reference(module, train_reference, x)
+            module.eval()
+            assert_matches_reference(module, eval_reference(), sample(shape, seed=4))
+        return f"train + eval, output + all gradients ({describe(forms(name))})"
 
     return run
 
@@ -187,6 +175,20 @@ def _check_gn_equals(groups_of: Callable[[int], int], other: str) -> str:
             getattr(gn, mode)(), getattr(ref, mode)()
             assert_same_module(gn, ref, sample(shape, seed=3))
     return "outputs and gradients equal in train and eval mode"
+
+
+def _check_gn_channels_per_group() -> str:
+    """GN with 3 channels per group on 6 channels is the formula with 2 groups (the default
+    groups=32 would give 3)."""
+    for dim, shape in ((2, (5, 6, 4, 3)), (1, (5, 6))):
+        gn = build_norm("gn", 6, dim, groups=None, channels_per_group=3).double()
+        randomize(gn)
+        for mode, seed in (("train", 3), ("eval", 4)):
+            getattr(gn, mode)()
+            assert_matches_reference(
+                gn, lambda t, p, eps=gn.eps: ref.ref_gn(t, p, eps, 2), sample(shape, seed)
+            )
+    return "train + eval, output + all gradients (dim=2, dim=1)"
 
 
 def _check_scratch_bn() -> str:
@@ -279,8 +281,15 @@ def all_checks() -> list[Check]:
             _check_reference(name),
         )
         for name in NORMS
+        if has_reference(name)
     ]
+    checks += [Check(title, (name,), run) for name in NORMS for title, run in property_checks(name)]
     checks += [
+        Check(
+            "gn channels_per_group=3 == its reference formula with C/3 groups",
+            ("gn",),
+            _check_gn_channels_per_group,
+        ),
         Check("gn(groups=1) == ln", ("gn", "ln"), lambda: _check_gn_equals(lambda c: 1, "ln")),
         Check("gn(groups=C) == in", ("gn", "in"), lambda: _check_gn_equals(lambda c: c, "in")),
         Check("d2l from-scratch batch_norm == nn.BatchNorm2d", ("bn",), _check_scratch_bn),

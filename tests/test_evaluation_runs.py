@@ -135,3 +135,13 @@ def test_defaults_add_nothing_but_the_batch_statistics_error(normbench):
     assert "test_error_precise" not in record["metrics"]
     assert "val_error" not in record["metrics"] and "val_error" not in record["history"][0]
     assert record["setup"]["val_images"] == 0
+
+
+def test_switchable_norm_records_its_learned_importance_per_layer(normbench):
+    record = normbench("run", *TINY, "norm=sn", "devices=2", "batch=8").record()
+    importance = record["diagnostics"]["norm_importance"]
+    assert set(importance) == set(record["setup"]["norm_layers"])  # every SN layer
+    for weights in importance.values():
+        for kind in ("mean", "var"):
+            assert len(weights[kind]) == 3 and sum(weights[kind]) == pytest.approx(1.0)
+    assert any(weights["mean"] != [1 / 3] * 3 for weights in importance.values())  # learned

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..norms import convert_convs
+from ..norms.cross_iteration_bn import bind_cross_iteration
 from .lenet import CHOICES as LENET_CHOICES
 from .lenet import LeNet
 from .norm_choice import NormChoice
@@ -129,6 +130,7 @@ def build_model(cfg: Any) -> tuple[nn.Module, NormChoice]:
     )
     if norm_layer.conv_weight is not None:
         convert_convs(model, norm_layer.conv_weight)
+    bind_cross_iteration(model)  # CBN: each norm learns the conv/linear that feeds it
     return model, norm_layer
 
 

@@ -1,11 +1,12 @@
-"""Conv weight reparametrizations that some norms come with: weight centralization (MABN, Yan et
-al., ICLR 2020) and Weight Standardization (Qiao et al., 2019), applied to every conv of any
-backbone."""
+"""Weight reparametrizations that some norms come with: weight centralization (MABN, Yan et al.,
+ICLR 2020) and Weight Standardization (Qiao et al., 2019) of every conv, and Weight Normalization
+(Salimans & Kingma, 2016) of every conv and linear layer, applied to any backbone."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations, parametrize
 
 
 class CenteredConv2d(nn.Conv2d):
@@ -37,18 +38,46 @@ class StandardizedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
+# modes that swap the class of every conv (same parameters, same state_dict keys)
 CONV_WEIGHTS: dict[str, type[nn.Conv2d]] = {
     "center": CenteredConv2d,
     "standardize": StandardizedConv2d,
 }
+# Weight Normalization through torch's parametrization: every conv AND linear layer, new parameters
+WEIGHT_NORM = "weight_norm"
+# every value NormSpec.conv_weight may take
+WEIGHT_MODES = (*CONV_WEIGHTS, WEIGHT_NORM)
+
+
+def weight_normalize(model: nn.Module) -> int:
+    """Reparametrize every plain nn.Conv2d and nn.Linear of `model` as w = g * v / ||v|| per output
+    channel, in place, with torch.nn.utils.parametrizations.weight_norm (dim=0). At first w equals
+    the layer's weight (g = ||v||, v = w); the state_dict holds `parametrizations.weight.original0`
+    (g, shape (out, 1, ...)) and `...original1` (v) instead of `weight`. Returns how many layers."""
+    layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]  # before it changes
+    for layer in layers:
+        parametrizations.weight_norm(layer, "weight", dim=0)
+    return len(layers)
+
+
+def is_weight_normalized(layer: nn.Module) -> bool:
+    """The layer's weight is w = g * v / ||v|| (weight_normalize): its g is
+    `layer.parametrizations.weight.original0`."""
+    if not parametrize.is_parametrized(layer, "weight"):
+        return False
+    chain = layer.get_submodule("parametrizations.weight").children()
+    return any(isinstance(p, parametrizations._WeightNorm) for p in chain)
 
 
 def convert_convs(model: nn.Module, mode: str) -> int:
-    """Turn every plain nn.Conv2d of `model` into the conv class of `mode`, in place (same
-    parameters, same state_dict keys); works on any backbone, torchvision's included. Returns how
-    many were converted."""
+    """Give every plain conv of `model` the weight of `mode`, in place; works on any backbone,
+    torchvision's included. The CONV_WEIGHTS modes swap the conv class (same parameters, same
+    state_dict keys); WEIGHT_NORM reparametrizes every conv and linear (see weight_normalize).
+    Returns how many layers were converted."""
+    if mode == WEIGHT_NORM:
+        return weight_normalize(model)
     if mode not in CONV_WEIGHTS:
-        raise ValueError(f"unknown conv weight mode {mode!r}; choose one of {sorted(CONV_WEIGHTS)}")
+        raise ValueError(f"unknown conv weight mode {mode!r}; choose one of {list(WEIGHT_MODES)}")
     converted = 0
     for module in model.modules():
         if type(module) is nn.Conv2d:

@@ -65,6 +65,9 @@ class PerDevice(nn.Module):
         # a norm whose state depends on the gradient (MABN's psi) keeps one device's loss scale
         if hasattr(train_layer, "loss_devices"):
             train_layer.loss_devices = devices
+        # a norm with statistics across channels (SN's LN branch) takes each device's C apart
+        if hasattr(train_layer, "folded_devices"):
+            train_layer.folded_devices = devices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -1,4 +1,5 @@
-"""Group Normalization (Wu & He, ECCV 2018), with per-layer choice of the number of groups."""
+"""Group Normalization (Wu & He, ECCV 2018), with per-layer choice of the number of groups, or a
+fixed number of channels per group (the paper's Table 3, bottom half)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,41 @@ def resolve_groups(
     return max([d for d in _divisors(num_channels) if d <= cap], default=1)
 
 
+def groups_of_layer(
+    norm: str,
+    num_channels: int,
+    groups: int | None,
+    channels_per_group: int | None,
+    min_channels_per_group: int = 2,
+    strict: bool = False,
+) -> int:
+    """GN's groups on a layer of `num_channels` channels from exactly one of `groups` (see
+    resolve_groups) and `channels_per_group` (C / channels_per_group, which must divide C; then
+    `min_channels_per_group` and `strict` do not apply)."""
+    if channels_per_group is None:
+        if groups is None:
+            raise NormConfigError(
+                f"norm {norm!r}: groups and channels_per_group are both null: set norm.groups=G "
+                "(G groups per layer) or norm.channels_per_group=N (N channels per group)"
+            )
+        return resolve_groups(num_channels, groups, min_channels_per_group, strict)
+    if groups is not None:
+        raise NormConfigError(
+            f"norm {norm!r}: set exactly one of groups and channels_per_group, got groups={groups} "
+            f"and channels_per_group={channels_per_group}: add norm.groups=null for "
+            f"{channels_per_group} channels per group (or norm.channels_per_group=null)"
+        )
+    check_int(norm, "channels_per_group", channels_per_group)
+    if num_channels % channels_per_group:
+        raise NormConfigError(
+            f"norm {norm!r}: channels_per_group={channels_per_group} does not divide the layer "
+            f"width C={num_channels}; divisors of {num_channels}: "
+            f"{', '.join(map(str, _divisors(num_channels)))} (or set norm.groups=G "
+            "norm.channels_per_group=null to pick the groups per layer)"
+        )
+    return num_channels // channels_per_group
+
+
 def describe_groups(num_groups: int, requested_groups: int) -> str:
     """How a repr names a layer's groups: "groups=G", and " (requested R)" where the configured R
     was not used."""
@@ -50,8 +86,10 @@ def describe_groups(num_groups: int, requested_groups: int) -> str:
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm that checks its input layout and remembers the groups it was asked for.
 
-    `num_groups` is the number of groups actually used; `requested_groups` the configured G.
-    dim=2: input (N, C, H, W); dim=1: input (N, C), each group normalized over its C/G features.
+    `num_groups` is the number of groups actually used; `requested_groups` the configured G, or
+    `channels_per_group` the configured number of channels per group (then requested_groups is
+    None). dim=2: input (N, C, H, W); dim=1: input (N, C), each group normalized over its C/G
+    features.
     """
 
     def __init__(
@@ -61,17 +99,24 @@ class GroupNorm(nn.GroupNorm):
         eps: float = 1e-5,
         dim: int = 2,
         requested_groups: int | None = None,
+        channels_per_group: int | None = None,
     ) -> None:
         super().__init__(num_groups, num_channels, eps=eps, affine=True)
         self.dim = dim
-        self.requested_groups = num_groups if requested_groups is None else requested_groups
+        self.channels_per_group = channels_per_group
+        if channels_per_group is None and requested_groups is None:
+            requested_groups = num_groups
+        self.requested_groups = requested_groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.dim, self.num_channels)
         return super().forward(x)
 
     def extra_repr(self) -> str:
-        groups = describe_groups(self.num_groups, self.requested_groups)
+        if self.requested_groups is None:
+            groups = f"groups={self.num_groups} (channels_per_group={self.channels_per_group})"
+        else:
+            groups = describe_groups(self.num_groups, self.requested_groups)
         return f"{self.num_channels}, {groups}, eps={self.eps}, dim={self.dim}"
 
 
@@ -79,23 +124,25 @@ def group_norm(
     num_channels: int,
     dim: int = 2,
     *,
-    groups: int = 32,
+    groups: int | None = 32,
+    channels_per_group: int | None = None,
     min_channels_per_group: int = 2,
     strict: bool = False,
     eps: float = 1e-5,
 ) -> nn.Module:
-    """GN with `resolve_groups(num_channels, groups, min_channels_per_group, strict)` groups."""
-    check_layer("gn", num_channels, dim)
-    eps = check_eps("gn", eps)
-    used = resolve_groups(num_channels, groups, min_channels_per_group, strict)
-    return GroupNorm(num_channels, used, eps=eps, dim=dim, requested_groups=groups)
+    """GN with `groups_of_layer(...)` groups: from `groups` by resolve_groups(num_channels, groups,
+    min_channels_per_group, strict), or num_channels / `channels_per_group` (exactly one is set)."""
+    return _build_group_norm(
+        "gn", num_channels, dim, groups, channels_per_group, min_channels_per_group, strict, eps
+    )
 
 
 def gn_ws(
     num_channels: int,
     dim: int = 2,
     *,
-    groups: int = 32,
+    groups: int | None = 32,
+    channels_per_group: int | None = None,
     min_channels_per_group: int = 2,
     strict: bool = False,
     eps: float = 1e-5,
@@ -104,12 +151,32 @@ def gn_ws(
     (same options); the WS half is not in this module but on the convs, which build_model turns into
     StandardizedConv2d because the registry gives gn_ws conv_weight="standardize". Linear layers are
     not standardized (the WS paper standardizes conv weights)."""
-    check_layer("gn_ws", num_channels, dim)
-    return group_norm(
+    return _build_group_norm(
+        "gn_ws", num_channels, dim, groups, channels_per_group, min_channels_per_group, strict, eps
+    )
+
+
+def _build_group_norm(
+    norm: str,
+    num_channels: int,
+    dim: int,
+    groups: int | None,
+    channels_per_group: int | None,
+    min_channels_per_group: int,
+    strict: bool,
+    eps: float,
+) -> GroupNorm:
+    """The GroupNorm layer of gn and gn_ws; errors name `norm`."""
+    check_layer(norm, num_channels, dim)
+    eps = check_eps(norm, eps)
+    used = groups_of_layer(
+        norm, num_channels, groups, channels_per_group, min_channels_per_group, strict
+    )
+    return GroupNorm(
         num_channels,
-        dim,
-        groups=groups,
-        min_channels_per_group=min_channels_per_group,
-        strict=strict,
+        used,
         eps=eps,
+        dim=dim,
+        requested_groups=groups,
+        channels_per_group=channels_per_group,
     )

@@ -58,6 +58,12 @@ def ref_gn(x, p, eps, groups):
     return _affine(_normalize(xg, (2,), eps).reshape(x.shape), p, x)
 
 
+def ref_l2norm(x, p, eps):
+    """ParseNet/SSD: gamma * x / sqrt(sum over channels of x^2 + eps) + beta, per position."""
+    norm = torch.sqrt((x**2).sum(dim=1, keepdim=True) + eps)
+    return _affine(x / norm, p, x)
+
+
 def ref_frn(x, p, eps, act=True):
     """FRN: y = gamma * x / sqrt(nu2 + eps) + beta; with act, the TLU z = max(y, tau); act=False:
     y."""

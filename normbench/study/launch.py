@@ -30,6 +30,7 @@ from .. import log, runner
 from ..config import compose, compose_with_hydra, config_dir, search_path_overrides
 from ..errors import UserError
 from ..files import atomic_write_bytes
+from ..plugins import load_worker_plugins, worker_plugins
 from ..records import RunRecord, Status
 from .cells import Outcome, PlannedRun, release_memory, reset_state, settle
 from .grid import bare_key, key_of
@@ -163,7 +164,11 @@ def launch(
     its cell from the table written here with normbench's own compose, so a job trains exactly the
     config that `study.cells.prepare` validated, and completed cells never become jobs."""
     table = sweep_dir / "launcher" / "cells.json"
-    payload = {"user_config_dir": user_config_dir, "cells": {str(i): c for i, c in cells.items()}}
+    payload = {
+        "user_config_dir": user_config_dir,
+        "plugins": worker_plugins(),  # a job registers the same plugin norms first
+        "cells": {str(i): c for i, c in cells.items()},
+    }
     atomic_write_bytes(table, json.dumps(payload, indent=1).encode())
     argv = [
         "normbench-sweep",
@@ -217,6 +222,7 @@ def sweep_job(cfg: DictConfig) -> dict[str, Any]:
         overrides = table["cells"][str(cfg[CELL_KEY])]
         label = " ".join(overrides)
         user_config_dir = table["user_config_dir"]
+        load_worker_plugins(table.get("plugins"))
         cell, choices = compose(overrides, user_config_dir, with_choices=True)
         if threads:
             torch.set_num_threads(threads)

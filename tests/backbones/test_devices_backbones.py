@@ -48,8 +48,11 @@ def test_every_backbone_with_every_norm_trains_a_step_on_3_devices(backbone, nor
     F.cross_entropy(out, torch.arange(DEVICES * BATCH) % 10).backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for layer in per_device:
-        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
-        stats = layer.running_var.view(DEVICES, -1)  # every per-device norm keeps a running_var
+        # mean-only BN (wn_mobn) has neither a scale nor a running_var: its bias and running_mean
+        param = layer.weight if hasattr(layer, "weight") else layer.bias
+        assert param.grad is not None and torch.isfinite(param.grad).all()
+        stats = getattr(layer, "running_var", getattr(layer, "running_mean", None))
+        stats = stats.view(DEVICES, -1)
         assert not torch.equal(stats[0], stats[1]), "each device updates its own statistics"
     model.eval()
     with torch.no_grad():

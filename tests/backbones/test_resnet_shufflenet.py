@@ -92,7 +92,8 @@ def test_every_backbone_with_every_norm(backbone, norm, in_channels):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     # max |g|
     assert grads and torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf")))
-    assert convs[0].weight.grad.abs().sum() > 0  # the gradient reaches the stem
+    # the gradient reaches the stem (every parameter of it: a WN conv's g and v)
+    assert all(p.grad.abs().sum() > 0 for p in convs[0].parameters())
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(x)).all()

@@ -39,6 +39,9 @@ RUNNING_STATS = {
     # norms whose eval uses running stats
     "evonorm_b0": {"running_var"},
     "mabn": {"running_var"},
+    "sn": {"running_mean", "running_var"},  # its BN branch's
+    "wn_mobn": {"running_mean"},  # mean-only BN
+    "cbn": {"running_mean", "running_var"},  # of each batch, as BN's
 }
 N, C, H, W = 5, 6, 4, 3  # all different, so normalizing over a wrong axis shows
 TOL = dict(rtol=1e-9, atol=1e-10)
@@ -123,17 +126,20 @@ def test_registry_names_and_specs():
 @pytest.mark.parametrize("name,dim", NAME_DIMS)
 def test_params_buffers_shapes_and_constant_input(name, dim, act):
     m = build_norm(name, C, dim, act=act)
-    params = dict(m.named_parameters())
+    # SN's importance logits (one per branch, not per channel): tests/norms/test_switchable_norm.py
+    params = {k: p for k, p in m.named_parameters() if k not in ("mean_weight", "var_weight")}
     assert set(params) <= ALLOWED_PARAMS
     # the activation's parameters exist exactly in the activated form of a norm with its own
     # activation
     assert bool(set(params) & ACTIVATION_PARAMS) == (act and NORMS[name].includes_activation)
     for k, p in params.items():
         assert p.shape == (C,), k
-    init = {"weight": 1.0, "bias": 0.0, "tau": 0.0, "eps_l": 1e-4, "v": 1.0}
+    # weight: 1, or the norm's scale_init (l2norm: SSD's 20)
+    weight = norm_options(name).get("scale_init", 1.0)
+    init = {"weight": weight, "bias": 0.0, "tau": 0.0, "eps_l": 1e-4, "v": 1.0}
     for k, p in params.items():
         assert torch.all(p == init[k]), k
-    if name != "none":
+    if name not in ("none", "wn", "wn_mobn"):  # WN: the scale is g, in the conv / linear layer
         assert {"weight", "bias"} <= set(params)
     buffers = {k for k, _ in m.named_buffers()}
     assert buffers & {"running_mean", "running_var"} == RUNNING_STATS.get(name, set())
@@ -342,12 +348,16 @@ def test_every_registered_norm_has_a_reference_case():
         BATCH_STAT_REFERENCE_DIMS,
     )
 
-    covered = {c[0] for c in CASES} | {"bn"} | set(BATCH_STAT_REFERENCE_DIMS)
+    # the norms that declare their formula reference (NormSpec.reference) are held to it on every
+    # dim by `normbench check` (tests/test_check.py runs it)
+    declared = {name for name, spec in NORMS.items() if spec.reference is not None}
+    covered = {c[0] for c in CASES} | {"bn"} | set(BATCH_STAT_REFERENCE_DIMS) | declared
     assert covered == set(NORMS)
     for name in NORMS:
         for dim in _supported_dims(name):
             assert (
                 name == "bn"
+                or name in declared
                 or dim in BATCH_STAT_REFERENCE_DIMS.get(name, ())
                 or any(c[0] == name and c[1] == dim for c in CASES)
             )
