@@ -61,6 +61,8 @@ def setup_facts(plan: RunPlan, training: Training, session: Session) -> dict[str
         "augmentation": data.augmentation,
         "parameters": count_parameters(model),
         "norm_layers": describe_norm_layers(model, built),
+        # a plugin norm's module (normbench.plugins): its code is not part of the run key
+        "norm_plugin": NORMS[plan.cfg.norm.name].plugin,
         "norm_groups": {
             name: module.num_groups
             for name, module in model.named_modules()

@@ -21,6 +21,7 @@ from .norms import EvoNormB0, GhostBatchNorm, MovingAverageBatchNorm, PerDevice
 from .norms._common import RunningStatsNorm
 from .norms.ghost_batch_norm import ghost_sizes
 from .norms.switchable_norm import SwitchableNorm
+from .norms.weight_norm import MeanOnlyBatchNorm
 
 ESTIMATORS = ("population", "paper")  # eval.precise_estimator; the first is the default
 # all_gather of one tensor over the processes (torchrun), in rank order
@@ -53,6 +54,7 @@ class _Layer:
     devices: int  # simulated devices (PerDevice): statistics per device, devices * C channels
     ghost_batch: int | None  # GBN: each batch's moments are its virtual batches'
     synced: bool  # SyncBN: a batch's moments are those of every process's batch together
+    has_var: bool = True  # False: a mean-only BN (wn_mobn) keeps only running_mean
     rows: list[torch.Tensor] = field(default_factory=list)
 
     def record(self, x: torch.Tensor) -> None:
@@ -81,6 +83,8 @@ def _layer(name: str, module: nn.Module) -> _Layer | None:
     norm, devices = (
         (module.train_layer, module.devices) if isinstance(module, PerDevice) else (module, 1)
     )
+    if isinstance(norm, MeanOnlyBatchNorm):
+        return _Layer(name, module, False, True, devices, None, False, has_var=False)
     running_var = getattr(module, "running_var", None)
     if not isinstance(running_var, torch.Tensor):  # e.g. BN with track_running_stats=False
         return None
@@ -141,16 +145,19 @@ def precise_statistics(
             hook.remove()
     if forwards == 0:
         raise ValueError("precise_statistics got no batches")
-    buffers, drift = {}, {}
+    buffers, drift, recomputed = {}, {}, 0
     for layer in layers:
         if not layer.rows:  # not used by any forward (fvcore skips these too)
             continue
         precise = _estimate(layer, _moments(layer, gather), estimator)
-        drift[layer.name] = _drift(layer.module.get_buffer("running_var"), precise["running_var"])
+        recomputed += 1
+        if "running_var" in precise:  # drift is about variances; a mean-only BN has none
+            ema = layer.module.get_buffer("running_var")
+            drift[layer.name] = _drift(ema, precise["running_var"])
         for buffer, value in precise.items():
             like = layer.module.get_buffer(buffer)
             buffers[layer.key(buffer)] = value.to(dtype=like.dtype, device=like.device)
-    return PreciseStats(buffers, drift, len(drift))
+    return PreciseStats(buffers, drift, recomputed)
 
 
 def _moments(
@@ -200,6 +207,8 @@ def _estimate(
     else:
         total, mean, variance = _pool(counts, means, variances, dim=0)
         variance = variance * (total / (total - 1))
+    if not layer.has_var:
+        return {"running_mean": mean}
     return (
         {"running_mean": mean, "running_var": variance}
         if layer.has_mean

@@ -105,6 +105,7 @@ def test_plugins_train_through_run_and_show_in_a_sweep_table(normbench, plugins,
     by_entry_point = normbench("run", *TINY, "norm=ep_rms")  # installed: no option needed
     assert by_entry_point.code == 0 and "completed:" in by_entry_point.out, by_entry_point.err
     assert by_entry_point.record()["config"]["norm"] == {"name": "ep_rms", "eps": 1e-5}
+    assert by_entry_point.record()["setup"]["norm_plugin"] == "ep_norms_mod"  # says whose code
     by_option = normbench("run", "--plugin", "cli_norms_mod", *TINY, "norm=cli_rms")
     assert by_option.code == 0 and "completed:" in by_option.out, by_option.err
 

@@ -35,6 +35,8 @@ CASES = [
     ("gbn", 3, {"ghost_batch": 2}),  # 5 images per device -> 3 and 2
     ("evonorm_b0", 3, {}),
     ("mabn", 3, {"buffer_size": 2, "warmup_iters": 1, "renorm_iters": 1}),
+    ("wn_mobn", 1, {}),  # mean-only BN: running_mean alone
+    ("wn_mobn", 3, {}),
 ]
 WITHOUT_RUNNING_STATS = ["gn", "ln", "in", "frn", "none", "evonorm_s0", "gn_ws"]
 
@@ -67,11 +69,11 @@ def batches(devices: int) -> list[torch.Tensor]:
 
 
 def layer_inputs(model: torch.nn.Module, data: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-    """What each module with a running_var received in training-mode forwards of a copy."""
+    """What each module with running statistics received in training-mode forwards of a copy."""
     twin = copy.deepcopy(model).train()
     seen: dict[str, list[torch.Tensor]] = {}
     for name, module in twin.named_modules():
-        if "running_var" in module._buffers:
+        if "running_var" in module._buffers or "running_mean" in module._buffers:
             seen[name] = []
             module.register_forward_hook(lambda m, a, o, name=name: seen[name].append(a[0].clone()))
     with torch.no_grad():
@@ -107,6 +109,8 @@ def reference(
             )
     if name in ("mabn", "evonorm_b0"):
         del columns["running_mean"]
+    if name == "wn_mobn":
+        del columns["running_var"]
     return {buffer: torch.cat(parts) for buffer, parts in columns.items()}
 
 

@@ -21,6 +21,7 @@ from ..backbones import build_model
 from ..config import compose
 from ..fastpath import FastPath, prepare_model
 from ..norms import PerDevice
+from ..norms.cross_iteration_bn import CrossIterationBatchNorm
 from ..norms.mabn import MovingAverageBatchNorm
 from ..optim import build_optimizer
 from .timing import Timings, interleaved, synchronizer
@@ -32,10 +33,12 @@ def fast_forward(model: nn.Module) -> None:
     """Move every MABN layer (simulated devices' too) past its warm-up and fixed-r phases to its
     most expensive one (moving averages both ways, clipped r): the counters are set through
     load_state_dict, exactly as a resumed run continues; the rings keep the statistics of the steps
-    already taken."""
+    already taken. CBN layers skip their burn-in (plain BN): every step compensates its window."""
     for layer in model.modules():
         # a PerDevice layer owns the state its train_layer (a plain attribute) computes with
         mabn = layer.train_layer if isinstance(layer, PerDevice) else layer
+        if isinstance(mabn, CrossIterationBatchNorm):  # its cross-iteration path from step 1
+            mabn.burnin = 0
         if isinstance(mabn, MovingAverageBatchNorm):
             state = layer.state_dict()
             done = max(mabn.fixed_r_iters, mabn.buffer_size) + 1
