@@ -20,7 +20,13 @@ from torch import nn
 from .data import DataSource
 from .distributed import Session
 from .norms.switchable_norm import importance_weights
-from .precise import Chunk, apply_precise, evaluate_with_batch_stats, precise_statistics
+from .precise import (
+    Chunk,
+    apply_precise,
+    evaluate_with_batch_stats,
+    precise_statistics,
+    untouched,
+)
 from .train import evaluate
 
 # Seeds of the evaluation's own random streams (never the training generator's, so a resumed or
@@ -109,18 +115,17 @@ def _precise(
         },
         "running_stats_drift": stats.drift,
     }
-    ema_state = {name: value.clone() for name, value in model.state_dict().items()}
     error = None
-    if stats.layers:
-        apply_precise(model, stats)
-        _, accuracy = session.on_main(
-            lambda: evaluate(evaluated, data.test_batches(cfg.log.eval_batch), autocast)
-        )
-        error = 100.0 * (1.0 - accuracy)
-    precise_state = {
-        name: value.detach().cpu().clone() for name, value in model.state_dict().items()
-    }
-    model.load_state_dict(ema_state)
+    with untouched(model):  # the model keeps its EMA statistics
+        if stats.layers:
+            apply_precise(model, stats)
+            _, accuracy = session.on_main(
+                lambda: evaluate(evaluated, data.test_batches(cfg.log.eval_batch), autocast)
+            )
+            error = 100.0 * (1.0 - accuracy)
+        precise_state = {
+            name: value.detach().cpu().clone() for name, value in model.state_dict().items()
+        }
     diagnostics["precise"]["seconds"] = time.perf_counter() - started
     return error, precise_state, diagnostics
 
@@ -136,7 +141,9 @@ def _batch_stats_error(
     own statistics, as in training; the model's buffers are left as they were."""
     generator = torch.Generator().manual_seed(cfg.seed + CHUNK_SEED_OFFSET)
     size = cfg.batch * cfg.devices * session.world_size
-    chunks = rank_major(data.eval_chunks("test", size, generator), session.world_size, cfg.devices)
+    chunks = data.eval_chunks("test", size, generator)
+    if session.world_size > 1:  # in one process the reordering is the identity
+        chunks = rank_major(chunks, session.world_size, cfg.devices)
     # a one-process Session of another rank (tests of rank-1 behaviour) still evaluates its chunks
     rank = session.rank if session.world_size > 1 else 0
     _, accuracy = evaluate_with_batch_stats(

@@ -133,7 +133,7 @@ def precise_statistics(
         for layer in layers
     ]
     try:
-        with _untouched(model):
+        with untouched(model):
             model.train()
             forwards = 0
             for batch in batches:
@@ -252,7 +252,7 @@ def evaluate_with_batch_stats(
         autocast: the context of each forward (normbench.fastpath).
     """
     sums = None  # (loss, correct, images), float64 on the targets' device
-    with _untouched(model):
+    with untouched(model):
         model.train()
         for (inputs, targets), scored in chunks:
             if inputs.shape[0] % world:
@@ -286,7 +286,7 @@ def evaluate_with_batch_stats(
 
 
 @contextmanager
-def _untouched(model: nn.Module) -> Iterator[None]:
+def untouched(model: nn.Module) -> Iterator[None]:
     """Restore, on leaving, every parameter and buffer of `model` (through load_state_dict, so that
     norms restore what they mirror on the host, e.g. MABN's counters), the buffers outside the
     state_dict, and each module's training flag."""
