@@ -159,10 +159,13 @@ class CrossIterationBatchNorm(RunningStatsNorm):
         self.window_nu_offset[slot].copy_(nu - (dnu * weight).sum(1))
 
     def extra_repr(self) -> str:
-        bound = "unbound" if self.source is None else f"after {type(self.source.layer).__name__}"
+        if self.source is not None:
+            bound = f", after {type(self.source.layer).__name__}"
+        else:  # an eval-only copy (PerDevice's) normalizes with running statistics: no conv needed
+            bound = ", unbound" if self.training else ""
         return (
             f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}, "
-            f"window={self.window}, burnin={self.burnin}, dim={self.dim}, {bound}"
+            f"window={self.window}, burnin={self.burnin}, dim={self.dim}{bound}"
         )
 
 

@@ -81,7 +81,12 @@ class PerDevice(nn.Module):
         # images i * devices + d, channel c -> image i, channel d * C + c (a view when x is
         # contiguous; channels_last input is copied)
         folded = x.reshape(count // self.devices, self.devices * self.num_channels, *rest)
-        return self._train_layer()(folded).reshape(x.shape)
+        layer = self._train_layer()
+        try:
+            return layer(folded).reshape(x.shape)
+        finally:  # the graph keeps the tiled tensors; the layer must not (deepcopy refuses them)
+            for name in self._parameters:
+                layer.__dict__.pop(name, None)
 
     def _train_layer(self) -> nn.Module:
         """train_layer pointed at this module's buffers and at the tiled parameters."""

@@ -112,3 +112,16 @@ def test_norm_choice_wraps_only_per_device_norms():
         assert isinstance(module, PerDevice) == spec.per_device, name
         assert choice.built == [module]
     assert not isinstance(NormChoice("bn", devices=1)(8), PerDevice)
+
+
+@pytest.mark.parametrize("name", ["bn", "mabn", "sn"])
+def test_a_model_deep_copies_after_a_training_step(name):
+    """copy.deepcopy (EMA/SWA copies, final evaluation) works after a step: the train copy must not
+    keep the tiled parameters, which are not graph leaves; the copy continues as the original."""
+    layer, references = layers(name, 2, True)
+    train_step(layer, references, (CHANNELS, 3, 3), seed=0)
+    twin = copy.deepcopy(layer)
+    x = torch.randn(DEVICES * BATCH, CHANNELS, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=0)
+    layer.eval(), twin.eval()
+    torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=0)
