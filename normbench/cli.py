@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, get_args
 
 import typer
 
-from . import log
-from .config import config_dir
+from . import __version__, log
+from .cli_figures import plot
+from .cli_study import register_study_commands
 from .errors import UserError
-from .help_text import SWEEP_HELP, config_help, norm_lines
-from .study.formats import render, write_text
+from .help_text import (
+    SWEEP_HELP,
+    ConfigHelpCommand,
+    backbone_lines,
+    config_help,
+    experiment_lines,
+    norm_lines,
+)
+from .preemption import PREEMPTED_EXIT, Preempted, stopped_message
 from .study.metrics import KNOWN, SWEEP_EXTRA
-from .study.tables import build_table
-from .values import did_you_mean
+from .values import choice_parser, did_you_mean
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 # options `run` and `sweep` share: one object each, so their flags and help stay the same
@@ -27,6 +36,15 @@ CONFIG_DIR_OPTION = typer.Option(
     "shipped ones. Also NORMBENCH_CONFIG_DIR.",
 )
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show full tracebacks.")
+DRY_RUN_OPTION = typer.Option(
+    False,
+    "--dry-run",
+    help="Train nothing, write nothing: print what would train (resolved config or the cells, run "
+    "keys, SGD batch, lr used, steps per epoch, done or not) and a time estimate.",
+)
+HYDRA_CFG_OPTION = typer.Option(
+    None, "--cfg", "-c", metavar="job", help="Hydra's --cfg job: the same as --dry-run."
+)
 PLUGIN_OPTION = typer.Option(  # run, sweep, check, list
     None,
     "--plugin",
@@ -34,14 +52,35 @@ PLUGIN_OPTION = typer.Option(  # run, sweep, check, list
     help="Import MODULE, which registers norms with normbench.norms.register_norm (repeatable; "
     "also NORMBENCH_PLUGINS=mod1,mod2 and entry points normbench.norms; README: Your own norm).",
 )
+JOBS_PER_GPU_OPTION = typer.Option(  # sweep
+    1,
+    "--jobs-per-gpu",
+    help="On a GPU machine each --jobs job gets a GPU of its own; K lets up to K jobs share one "
+    "(N jobs use N/K GPUs). More jobs than GPUs x K share them evenly.",
+)
 KNOWN_METRICS = ", ".join(KNOWN)
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode=None,
     help="Compare normalization layers in CNNs as the per-device batch shrinks.",
 )
+
+
+def _show_version(show: bool) -> None:
+    if show:
+        typer.echo(f"normbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    pass  # the options of `normbench` itself, before the command
 
 
 RUN_HELP = f"""Train one config and write <out>/runs/<run_key>/ (config.yaml, record.json, tb/,
@@ -54,61 +93,42 @@ A completed run is not redone (use --force); an interrupted one resumes from its
 {config_help()}"""
 
 
-@app.command(context_settings=EXTRA_ARGS, help=RUN_HELP)
+@app.command(context_settings=EXTRA_ARGS, help=RUN_HELP, cls=ConfigHelpCommand)
 def run(
     ctx: typer.Context,
     config_dir: Path | None = CONFIG_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Train again even if the run completed."),
+    dry_run: bool = DRY_RUN_OPTION,
+    hydra_cfg: str | None = HYDRA_CFG_OPTION,
     plugin: list[str] | None = PLUGIN_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
     # deferred, like every command that trains: torch takes seconds to import; --help does not
-    from .config import compose
+    from .config import check_single_run, compose
     from .plugins import load_plugins
-    from .runner import run as run_one
+    from .run_report import interrupted_message, outcome_lines
+    from .runner import plan_run, run_planned
 
-    overrides = list(ctx.args)
+    overrides, user_dir = list(ctx.args), str(config_dir) if config_dir else None
     _reject_options(overrides)
     load_plugins(plugin or ())  # before composing: a plugin norm's config comes with it
+    check_single_run(overrides, user_dir)
+    if dry_run or hydra_cfg is not None:
+        from .dry_run import run_lines
+
+        _echo(run_lines(overrides, user_dir, force, hydra_cfg))
+        return
     cfg, choices = compose(overrides, config_dir, with_choices=True)
+    plan = plan_run(cfg, choices, overrides, user_dir)
     try:
-        result = run_one(
-            cfg, choices, overrides, str(config_dir) if config_dir else None, force=force
-        )
-    except KeyboardInterrupt:  # the record says "interrupted" and the last checkpoint is kept
-        typer.echo(
-            "interrupted: rerun the same command to resume from the last checkpoint", err=True
-        )
+        result = run_planned(plan, force)
+    except KeyboardInterrupt:  # the record says "interrupted"; say what a rerun does
+        typer.echo(interrupted_message(plan, force), err=True)
         raise typer.Exit(130) from None
     from .distributed import is_main  # already imported by the runner above
-    from .records import Status
 
-    if not is_main():  # torchrun: rank 0 reports the run
-        return
-    record = result.record
-    metrics = record.metrics
-    if result.skipped and record.status is Status.DIVERGED:
-        where = record.diverged_at or {}
-        typer.echo(
-            f"already diverged: {result.run_dir} (epoch {where.get('epoch')}, step "
-            f"{where.get('step')}); --force trains it again"
-        )
-    elif result.skipped:
-        typer.echo(
-            f"already completed: {result.run_dir} (test_error {metrics.get('test_error'):.2f}%); "
-            "--force trains it again"
-        )
-    elif record.status is Status.COMPLETED:
-        shown = ("test_error", "test_error_precise", "test_error_batch", "test_error_at_best_val")
-        errors = "  ".join(
-            f"{name} {metrics[name]:.2f}%" for name in shown if metrics.get(name) is not None
-        )
-        typer.echo(
-            f"completed: {result.run_dir}  {errors}  test_acc {metrics['test_acc']:.4f}  "
-            f"{record.timing['train_seconds']:.1f}s"
-        )
-    else:
-        typer.echo(f"{record.status.value}: {result.run_dir}")
+    if is_main():  # torchrun: rank 0 reports the run
+        _echo(outcome_lines(result))
 
 
 @app.command(context_settings=EXTRA_ARGS, help=SWEEP_HELP)
@@ -128,6 +148,7 @@ def sweep(
         help="Cells trained at once in local worker processes (Hydra's joblib launcher); torch "
         "threads are split between them.",
     ),
+    jobs_per_gpu: int = JOBS_PER_GPU_OPTION,
     metric: str | None = typer.Option(
         None,
         "--metric",
@@ -135,6 +156,8 @@ def sweep(
         f"test_error, plus each of {', '.join(SWEEP_EXTRA)} that every completed run holds). "
         f"Known: {KNOWN_METRICS}.",
     ),
+    dry_run: bool = DRY_RUN_OPTION,
+    hydra_cfg: str | None = HYDRA_CFG_OPTION,
     plugin: list[str] | None = PLUGIN_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
@@ -145,9 +168,19 @@ def sweep(
     overrides = list(ctx.args)
     _reject_options(overrides)
     load_plugins(plugin or ())  # before the cells are composed; launched jobs load them too
+    if dry_run or hydra_cfg is not None:
+        from .dry_run import sweep_lines
+
+        _echo(sweep_lines(overrides, name, str(config_dir) if config_dir else None, hydra_cfg))
+        return
     try:
         result = run_sweep(
-            overrides, name, str(config_dir) if config_dir else None, jobs=jobs, metric=metric
+            overrides,
+            name,
+            str(config_dir) if config_dir else None,
+            jobs=jobs,
+            metric=metric,
+            jobs_per_gpu=jobs_per_gpu,
         )
     # the current run keeps its last checkpoint; completed cells are skipped next time
     except KeyboardInterrupt:
@@ -159,51 +192,34 @@ def sweep(
     report(result)
 
 
-LISTABLE = ("norms", "backbones", "data", "experiments")
+Listable = Literal["norms", "backbones", "data", "experiments"]
 
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("norms", help="norms, backbones, data or experiments"),
+    what: Listable = typer.Argument(
+        "norms", help="What to list.", parser=choice_parser("kind to list", get_args(Listable))
+    ),
     plugin: list[str] | None = PLUGIN_OPTION,
 ) -> None:
     """What is available, one line each; a plugin norm says which module registered it."""
-    if what not in LISTABLE:
-        raise UserError(
-            f"cannot list {what!r}{did_you_mean(what, LISTABLE)}; choose one of: "
-            f"{', '.join(LISTABLE)}"
-        )
+    # deferred here and below: the registries import torch
     if what == "norms":
-        from .norms import NORMS  # deferred here and below: the registries import torch
+        from .norms import NORMS
         from .plugins import load_plugins
 
         load_plugins(plugin or ())
-        for line in norm_lines(NORMS):
-            typer.echo(line)
+        _echo(norm_lines(NORMS))
     elif what == "backbones":
         from .backbones import BACKBONES
 
-        for name, spec in BACKBONES.items():
-            typer.echo(f"{name:<12} {spec.description}  [input: {spec.inputs}]")
+        _echo(backbone_lines(BACKBONES))
     elif what == "data":
         from .data import DATASETS
 
-        for name, spec in DATASETS.items():
-            typer.echo(f"{name:<14} {spec.description}")
+        _echo(f"{name:<14} {spec.description}" for name, spec in DATASETS.items())
     else:
-        presets = sorted((config_dir() / "experiment").glob("*.yaml"))
-        for path in presets:
-            first = next(
-                (
-                    line.lstrip("# ").strip()
-                    for line in path.read_text().splitlines()
-                    if line.startswith("#") and "@package" not in line
-                ),
-                "",
-            )
-            typer.echo(f"{path.stem:<14} {first}")
-        if not presets:
-            typer.echo("no experiment presets yet")
+        _echo(experiment_lines())
 
 
 @app.command()
@@ -231,89 +247,8 @@ def check(
         raise typer.Exit(1)
 
 
-@app.command()
-def table(
-    path: Path = typer.Argument(
-        ..., help="A sweep folder or any folder containing run dirs (searched recursively)."
-    ),
-    fmt: str = typer.Option(
-        "md", "--format", help="md (printed Markdown), latex (booktabs) or csv (raw numbers)."
-    ),
-    metric: str | None = typer.Option(
-        None,
-        "--metric",
-        help="Any numeric metric the records hold, or a comma list for one sub-row each (CSV: a "
-        "metric column, one line per row and metric). Default: test_error; for a sweep folder "
-        f"the metrics of the sweep's own table. Known: {KNOWN_METRICS}.",
-    ),
-    rows: str = typer.Option(
-        "norm", "--rows", help="Config key for the rows (e.g. norm, backbone)."
-    ),
-    cols: str = typer.Option(
-        "batch", "--cols", help="Config key for the columns (e.g. batch, accum, norm.groups)."
-    ),
-    cost: bool = typer.Option(
-        False, "--cost", help="Add mean images/s and peak memory (MB) per row."
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Write to this file instead of printing."),
-) -> None:
-    """Paper-style table from the run records under PATH: mean ± std over seeds, best per column in
-    bold; ‡ marks a cell with a suspect run (near chance, or under 100 SGD steps), never bold."""
-    text = render(build_table(path, metric, rows, cols), fmt, cost)
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        typer.echo(f"wrote {write_text(out, text)}")
-
-
-@app.command()
-def plot(
-    path: Path = typer.Argument(
-        ..., help="A sweep folder or any folder containing run dirs (searched recursively)."
-    ),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        help="PNG to write (default PATH/error_vs_batch.png, with --curves PATH/curves.png).",
-    ),
-    metric: str = typer.Option(
-        "test_error",
-        "--metric",
-        help="Any one numeric metric the records hold (error-vs-batch figure only). Known: "
-        f"{KNOWN_METRICS}.",
-    ),
-    rows: str = typer.Option(
-        "norm", "--rows", help="Config key for the lines (e.g. norm, backbone)."
-    ),
-    cols: str = typer.Option(
-        "batch",
-        "--cols",
-        help="Config key for the x axis, or for the panels with --curves (e.g. batch, accum, "
-        "norm.groups).",
-    ),
-    curves: bool = typer.Option(
-        False,
-        "--curves",
-        help="Training curves from the runs' TensorBoard events instead: one panel per --cols "
-        "value, train loss and test error vs epoch, one line per --rows value (mean over seeds, "
-        "band = min..max).",
-    ),
-) -> None:
-    """Error-vs-batch-size figure: one line per norm, log2 x axis, error bars = std over seeds (or
-    --curves)."""
-    # deferred: matplotlib takes about a second to import and only the figures need it
-    from .study.figures import plot as draw
-    from .study.figures import plot_curves
-
-    if curves:
-        if metric != "test_error":
-            raise UserError(
-                "--metric chooses the error-vs-batch figure's y; --curves always draws train "
-                "loss and test error: drop one of the two options"
-            )
-        typer.echo(f"wrote {plot_curves(path, out, rows, cols)}")
-        return
-    typer.echo(f"wrote {draw(path, out, metric, rows, cols)}")
+register_study_commands(app)  # table, prune: normbench/cli_study.py
+app.command()(plot)  # normbench/cli_figures.py
 
 
 @app.command()
@@ -381,10 +316,20 @@ def _reject_options(args: list[str]) -> None:
     """Unknown --options would otherwise reach Hydra as overrides and fail with a confusing
     message."""
     for arg in args:
+        if arg in ("-m", "--multirun"):
+            raise UserError(
+                f"{arg} is Hydra's multirun flag: `normbench sweep OVERRIDES` runs the grid "
+                "without it (--dry-run lists the cells)"
+            )
         if arg.startswith("-"):
             raise UserError(
                 f"unknown option {arg!r}: overrides are key=value (e.g. norm=gn); see --help"
             )
+
+
+def _echo(lines: Iterable[str]) -> None:
+    for line in lines:
+        typer.echo(line)
 
 
 def main() -> None:
@@ -397,3 +342,6 @@ def main() -> None:
             raise
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except Preempted as stop:  # SIGTERM/SIGUSR1: checkpoint written, the record says where
+        typer.echo(stopped_message(stop), err=True)
+        sys.exit(PREEMPTED_EXIT)

@@ -15,6 +15,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,7 +25,7 @@ from .values import did_you_mean
 
 # Keys of the run's identity (they name the run dir) and keys that never change results.
 IDENTITY_KEYS = ("batch", "devices", "accum", "seed")
-NON_RESULT_KEYS = ("out", "device", "log", "data.workers")
+NON_RESULT_KEYS = ("out", "device", "log", "data.workers", "checkpoint")
 # Keys added after records and checkpoints were first written, with the value that trains as a run
 # without them did: an old record or checkpoint reads as if it had them.
 ADDED_KEYS = {
@@ -175,7 +176,7 @@ def _compose(overrides: list[str], search_path: list[str]) -> DictConfig:
                 "config", overrides=overrides + search_path, return_hydra_config=True
             )
     except (HydraException, OmegaConfBaseException) as error:
-        raise UserError(explain_hydra_error(error, overrides)) from error
+        raise UserError(explain_hydra_error(error, overrides, search_path)) from error
     finally:
         GlobalHydra.instance().clear()
 
@@ -189,8 +190,48 @@ def preset_sweep(
     return {str(key): str(value) for key, value in (params or {}).items()}
 
 
-def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
-    """Hydra's multi-line error text -> one line that names the problem and the fix."""
+def check_single_run(
+    overrides: Iterable[str], user_config_dir: str | os.PathLike | None = None
+) -> None:
+    """UserError pointing to `normbench sweep` when the overrides hold a grid: a sweep override
+    (`norm=bn,gn`, `seed=range(3)`) or an experiment preset whose grid (hydra.sweeper.params) sweeps
+    a key that no override fixes (`experiment=gn_paper norm=bn batch=2` is one run)."""
+    overrides = list(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except (HydraException, OmegaConfBaseException):
+        return  # composing reports the malformed override
+    command = " ".join(["normbench sweep", *overrides])
+    swept = [override.input_line for override in parsed if override.is_sweep_override()]
+    if swept:
+        raise UserError(
+            f"{swept[0]!r} is a sweep and `normbench run` trains one config: use `{command}` "
+            "(add --dry-run to list its cells), or give one value"
+        )
+    given = {override.key_or_group for override in parsed}
+    if "experiment" not in given:
+        return
+    grid = {
+        key: values
+        for key, values in preset_sweep(overrides, user_config_dir).items()
+        if key.lstrip("+~") not in given
+    }
+    if grid:
+        preset = [o.value() for o in parsed if o.key_or_group == "experiment"][-1]
+        example = " ".join(f"{key}={values.split(',')[0]}" for key, values in grid.items())
+        raise UserError(
+            f"experiment={preset} holds a grid ({'; '.join(f'{k}={v}' for k, v in grid.items())})"
+            f" and `normbench run` trains one config: use `{command}` (add --dry-run to list its "
+            f"cells), or give each swept key one value, e.g. {example}"
+        )
+
+
+def explain_hydra_error(
+    error: Exception, overrides: list[str], search_path: Iterable[str] = ()
+) -> str:
+    """Hydra's multi-line error text -> one line that names the problem and the fix; an unknown
+    key's suggestion comes from the config the other overrides compose (`norm=gn norm.grups=8`:
+    gn's keys), with the `search_path` overrides of a user config dir."""
     text = str(error)
     missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if missing:
@@ -203,8 +244,9 @@ def explain_hydra_error(error: Exception, overrides: list[str]) -> str:
     bad_key = re.search(r"Could not override '([^']+)'", text)
     if bad_key:
         key = bad_key.group(1)
+        others = [text for text in overrides if text.split("=", 1)[0].lstrip("+~") != key]
         return (
-            f"unknown config key {key!r}{did_you_mean(key, known_keys())}; "
+            f"unknown config key {key!r}{did_you_mean(key, known_keys(others, search_path))}; "
             f"`normbench run --help` lists the keys"
         )
     if "Error parsing override" in text or type(error).__name__ == "OverrideParseException":
@@ -229,6 +271,10 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def known_keys() -> list[str]:
-    """Every key of the default config, for suggestions."""
-    return list(flatten(compose()))
+def known_keys(overrides: Iterable[str] = (), search_path: Iterable[str] = ()) -> list[str]:
+    """Every key of the config that `overrides` compose (with a user config dir's `search_path`
+    overrides), for suggestions; the default config's when they do not compose."""
+    try:
+        return list(flatten(_run_config(tuple(overrides), tuple(search_path))[0]))
+    except UserError:  # e.g. a second unknown key: suggest from the default config
+        return list(flatten(_run_config((), tuple(search_path))[0]))

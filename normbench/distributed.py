@@ -17,7 +17,12 @@ elsewhere); the runner decides that rank 0 alone claims the run and writes its f
 decide anything (the train loss behind the finite check, test results) are reduced or broadcast so
 that every process takes the same branch and none waits forever in a collective.
 
-Outside torchrun (no RANK/WORLD_SIZE/LOCAL_RANK in the environment) the Session is a plain one:
+The tasks of a SLURM job step (`srun --ntasks=W`, a submitit job with
+`hydra.launcher.tasks_per_node=W`) are such processes too: outside torchrun, normbench.cluster reads
+rank, local rank, world size and rank 0's address from the scheduler's environment and the group is
+made from them, so each of them trains the run exactly as a torchrun process of that rank would.
+
+Outside both (no RANK/WORLD_SIZE/LOCAL_RANK, no multi-task job step) the Session is a plain one:
 world_size 1, rank 0, the model not wrapped. The plain functions `launched`, `world_size`, `rank`
 and `is_main` read the same facts from the environment, for code outside a run (cli, sweep).
 """
@@ -37,17 +42,24 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .cluster import cluster_tasks
 from .data import Batch, DataSource, Shard
 from .errors import UserError
 from .norms import SyncBatchNorm
 from .progress import RunProgress
+from .tensorboard_log import RunBoard
 
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun sets for each process it starts
+_planned = [1]  # planned_world_size's stack (its blocks may nest); 1 outside them
 
 
 def launched() -> bool:
     """True in a process started by torchrun (or any launcher that sets RANK, WORLD_SIZE and
-    LOCAL_RANK)."""
+    LOCAL_RANK) or as one of several tasks of a SLURM (or submitit local) job step."""
+    return _torchrun() or cluster_tasks() is not None
+
+
+def _torchrun() -> bool:
     return all(name in os.environ for name in LAUNCH_ENV)
 
 
@@ -61,21 +73,45 @@ def _env_int(name: str) -> int:
         ) from None
 
 
+def _launch_env(name: str) -> int:
+    """RANK, WORLD_SIZE or LOCAL_RANK of a launched process: torchrun's variable, else the job
+    step's (normbench.cluster)."""
+    if _torchrun():
+        return _env_int(name)
+    tasks = cluster_tasks()
+    assert tasks is not None, "only called in a launched process"
+    return {"RANK": tasks.rank, "WORLD_SIZE": tasks.world_size, "LOCAL_RANK": tasks.local_rank}[
+        name
+    ]
+
+
 def world_size() -> int:
-    """Processes training this run: from the process group, else from torchrun's environment, else
-    1.
+    """Processes training this run: from the process group, else from torchrun's or the job step's
+    environment, else the planned world size (planned_world_size), else 1.
 
     Read from the environment before the group exists, so a run key computed early (e.g. by a
     sweep's validation) is the one the run uses."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
-    return _env_int("WORLD_SIZE") if launched() else 1
+    return _launch_env("WORLD_SIZE") if launched() else _planned[-1]
+
+
+@contextmanager
+def planned_world_size(processes: int) -> Iterator[None]:
+    """Inside the block world_size() is `processes` in a process that is not itself launched: a
+    sweep plans (validates and names) the runs its launched jobs will train with that many
+    processes each (hydra.launcher.tasks_per_node x nodes)."""
+    _planned.append(processes)
+    try:
+        yield
+    finally:
+        _planned.pop()
 
 
 def rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return _env_int("RANK") if launched() else 0
+    return _launch_env("RANK") if launched() else 0
 
 
 def is_main() -> bool:
@@ -116,7 +152,10 @@ def process_device(device: torch.device) -> torch.device:
             f"device={device} names one GPU, but under torchrun each process takes GPU "
             "LOCAL_RANK: use device=cuda (or auto)"
         )
-    local = _env_int("LOCAL_RANK")
+    local = _launch_env("LOCAL_RANK")
+    if not _torchrun() and torch.cuda.device_count() == 1:
+        # SLURM bound one GPU to each task (--gpus-per-task, --gpu-bind): it is cuda:0 there
+        return torch.device("cuda", 0)
     if local >= torch.cuda.device_count():
         raise UserError(
             f"process LOCAL_RANK={local} has no GPU (this node shows "
@@ -241,14 +280,10 @@ class Session:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def writer(self, log_dir: Path, purge_step: int | None = None) -> Any:
-        """A TensorBoard SummaryWriter on rank 0, a Silent stand-in elsewhere."""
-        if not self.is_main:
-            return Silent()
-        # deferred: tensorboard takes ~1 s to import and only a training run needs it
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+    def writer(self, log_dir: Path, purge_step: int | None = None) -> RunBoard | Silent:
+        """The run's TensorBoard writer (normbench.tensorboard_log) on rank 0, a Silent stand-in
+        elsewhere."""
+        return RunBoard(log_dir, purge_step) if self.is_main else Silent()
 
     def progress(self, mode: str, epochs: int, steps_per_epoch: int) -> RunProgress | Silent:
         """The run's printer (RunProgress) on rank 0, a Silent stand-in elsewhere."""
@@ -270,17 +305,26 @@ def session(device: torch.device, devices: int = 1) -> Iterator[Session]:
         return
     owns = not dist.is_initialized()  # False: the group was made by the caller, who destroys it
     if owns:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        _init_group(device)
     try:
         yield Session(device, rank(), world_size(), devices)
         dist.barrier()
     finally:
         if owns and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _init_group(device: torch.device) -> None:
+    """The process group: gloo on the CPU, nccl on CUDA; from torchrun's environment (env://), or
+    from the job step's rank, world size and rank 0's address (normbench.cluster)."""
+    backend: dict[str, Any] = {"backend": "gloo"}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = {"backend": "nccl", "device_id": device}
+    tasks = None if _torchrun() else cluster_tasks()
+    if tasks is not None:
+        backend.update(init_method=tasks.init_method, rank=tasks.rank, world_size=tasks.world_size)
+    dist.init_process_group(**backend)
 
 
 class _DataParallel(DistributedDataParallel):

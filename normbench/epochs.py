@@ -1,4 +1,6 @@
-"""A run's epochs: train, evaluate, checkpoint and record after each one, stop at divergence.
+"""A run's epochs: train, evaluate, checkpoint and record after each one, stop at divergence;
+inside an epoch, a checkpoint every checkpoint.every_minutes / every_steps and on SIGTERM/SIGUSR1
+(normbench.midepoch, normbench.preemption).
 
 `EpochLoop` holds everything the loop needs as attributes; the runner builds it (normbench.runner)
 and this module only trains. Only the main process writes the checkpoint and the record.
@@ -6,6 +8,7 @@ and this module only trains. Only the main process writes the checkpoint and the
 
 from __future__ import annotations
 
+import itertools
 import math
 import resource
 import time
@@ -21,11 +24,13 @@ from .data import DataSource
 from .distributed import Session
 from .fastpath import FastPath, prepare_model
 from .final_eval import final_evaluation
+from .midepoch import MidEpochCheckpoints, epoch_position, resumed_sums
 from .norms import NORMS
 from .optim import LRSchedule
+from .preemption import Preempted, StopRequest
 from .records import RECORD_FILE, RunRecord, Status, sanity_warnings
 from .runs import CHECKPOINT, save_checkpoint
-from .train import EpochStats, evaluate, train_epoch
+from .train import EpochStats, StepDone, evaluate, train_epoch
 
 
 @dataclass
@@ -38,7 +43,8 @@ class Training:
         norm_modules: the norm layers the norm built (after SyncBN conversion, if any).
         layers_without_norm: the notes of NormChoice.skipped.
         optimizer, lr_at: SGD and its per-step lr schedule.
-        generator: draws every epoch's order and augmentation; checkpointed.
+        generator: draws every epoch's order and augmentation; checkpointed (mid-epoch: its state
+            at the epoch's start).
         steps_per_epoch: SGD steps per epoch (the last incomplete SGD batch is dropped).
     """
 
@@ -61,13 +67,55 @@ class TrainState:
     train_seconds: float = 0.0
     images: int = 0  # trained on, over all processes
     final: dict[str, Any] = field(default_factory=dict)  # normbench.final_eval, once it has run
+    # a mid-epoch checkpoint's place in epoch `epoch + 1` (normbench.midepoch.epoch_position)
+    position: dict[str, Any] | None = None
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated by tensors, or on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+PROC_STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets VmHWM to the current VmRSS (Linux)
+
+
+def _proc_status_kib(name: str) -> int:
+    """A `kB` field of /proc/self/status (VmRSS, VmHWM)."""
+    for line in PROC_STATUS.read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise ValueError(f"{name} not in {PROC_STATUS}")
+
+
+class PeakMemory:
+    """One run's peak memory, measured from when the meter starts (timing.peak_memory_mb, its
+    kind in timing.peak_memory_kind):
+
+    - `cuda_max_allocated`: the peak CUDA memory allocated by tensors (normbench.runner.build
+      resets it once the run's data and model are on the GPU, so they count);
+    - `rss_delta` (CPU, Linux): the resident set's high-water mark since the meter started minus
+      the resident set then: what training added (activations, gradients, optimizer state), not
+      what earlier runs of the same process (a sweep) left behind; memory the allocator kept from
+      an earlier run and reuses is not counted again;
+    - `rss_process_peak` (CPU elsewhere): the process's lifetime peak resident set.
+
+    The high-water mark is the process's: one meter at a time (runs of a process are sequential).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.kind = "cuda_max_allocated"
+            return
+        try:
+            self._baseline_kib = _proc_status_kib("VmRSS")
+            CLEAR_REFS.write_text("5")
+            self.kind = "rss_delta"
+        except (OSError, ValueError):  # not Linux, or /proc not writable
+            self.kind = "rss_process_peak"
+
+    def mb(self) -> float:
+        if self.kind == "cuda_max_allocated":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.kind == "rss_delta":
+            return max(_proc_status_kib("VmHWM") - self._baseline_kib, 0) / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 @dataclass
@@ -83,7 +131,8 @@ class EpochLoop:
         state: where training stands (resumed from a checkpoint, or fresh).
         identity: saved with each checkpoint (normbench.runs.result_identity).
         progress: the printer (a no-op off rank 0).
-        writer: the TensorBoard writer (a no-op off rank 0).
+        writer: the run's normbench.tensorboard_log.RunBoard (a no-op off rank 0).
+        stop: set by SIGTERM/SIGUSR1 (normbench.preemption.watch_signals).
     """
 
     cfg: DictConfig
@@ -95,6 +144,14 @@ class EpochLoop:
     identity: dict[str, Any]
     progress: Any
     writer: Any
+    stop: StopRequest = field(default_factory=StopRequest)
+    memory: PeakMemory = field(init=False)
+    checkpoints: MidEpochCheckpoints = field(init=False)
+    _timed_since: float = field(init=False, default=0.0)  # perf_counter of the training time so far
+
+    def __post_init__(self) -> None:
+        self.memory = PeakMemory(self.session.device)
+        self.checkpoints = MidEpochCheckpoints.from_config(self.cfg, self.session, self.stop)
 
     def save_record(self) -> None:
         """Write the record as it is (the main process only)."""
@@ -104,14 +161,15 @@ class EpochLoop:
     def refresh_record(self) -> None:
         """Metrics, history and timing from the state so far, then write the record."""
         state = self.state
-        memory = peak_memory_mb(self.session.device)
         self.record.update_from_history(
-            state.history, state.train_seconds, state.images, memory, state.final
+            state.history, state.train_seconds, state.images, self.memory.mb(), state.final
         )
+        self.record.timing["peak_memory_kind"] = self.memory.kind
         self.save_record()
 
     def run(self) -> None:
-        """Train the epochs not done yet; return when all are done or the run diverged."""
+        """Train the epochs not done yet; return when all are done or the run diverged. Preempted
+        after the checkpoint a signal asked for."""
         # amp / channels_last / compile; training.model keeps the state_dict names
         fast = prepare_model(self.training.model, self.cfg, self.session.device)
         if fast.summary and self.state.epoch < self.cfg.epochs:
@@ -126,6 +184,9 @@ class EpochLoop:
         while self.state.epoch < self.cfg.epochs:
             if not self._epoch(self.state.epoch + 1, fast):
                 return
+            if self.checkpoints.stop_now():
+                steps = self.training.steps_per_epoch
+                raise Preempted(self.stop.signum, self.state.epoch, steps)
         self._finish(fast)
 
     def _finish(self, fast: FastPath) -> None:
@@ -144,9 +205,7 @@ class EpochLoop:
             )
             self.state.final = outcome.results
             self._save_checkpoint(outcome.precise_state)
-            for name, value in outcome.results["metrics"].items():
-                self.writer.add_scalar(f"final/{name}", value, self.cfg.epochs)
-            self.writer.flush()
+            self.writer.final(outcome.results["metrics"], self.cfg.epochs)
             self.progress.line(
                 "final: "
                 + "  ".join(f"{k} {v:.2f}%" for k, v in outcome.results["metrics"].items())
@@ -192,24 +251,42 @@ class EpochLoop:
         return self.run_dir / RECORD_FILE
 
     def _train(self, epoch: int, fast: FastPath) -> EpochStats:
-        """One epoch of SGD steps, logged to TensorBoard every cfg.log.every_steps steps."""
-        cfg, training, session = self.cfg, self.training, self.session
+        """One epoch of SGD steps (from a mid-epoch checkpoint's step, if the state has one),
+        logged to TensorBoard every cfg.log.every_steps steps, checkpointed inside when
+        self.checkpoints says so."""
+        cfg, training, session, state = self.cfg, self.training, self.session, self.state
         steps = training.steps_per_epoch
-        first_step = self.state.epoch * steps
+        first_step = state.epoch * steps
+        start = resumed_sums(state.position, session.rank)
         self.progress.start_epoch(epoch)
 
-        def on_interval(done: int, loss: float, acc: float, lr: float) -> None:
-            self.writer.add_scalar("train/loss", loss, first_step + done)
-            self.writer.add_scalar("train/acc", acc, first_step + done)
-            self.writer.add_scalar("train/lr", lr, first_step + done)
-            self.progress.status(f"loss {loss:.4f}")
+        sgd_batch = cfg.batch * cfg.devices * cfg.accum * session.world_size
+        images_before = state.images - start.images * session.world_size  # at the epoch's start
+        # the epoch's order and augmentation are drawn from this state (train_batches below)
+        epoch_generator = training.generator.get_state()
+        self._timed_since = time.perf_counter()
 
-        started = time.perf_counter()
+        def on_interval(done: int, loss: float, acc: float, lr: float) -> None:
+            images = images_before + done * sgd_batch
+            self.writer.train_interval(first_step + done, images, loss, acc, lr)
+
+        def on_step(step: StepDone) -> None:
+            images = step.images * session.world_size
+            self.progress.step(step.done, images, step.loss, step.exact_loss is not None)
+            write, stop = self.checkpoints.after_step(step.done, steps)
+            if write:
+                state.images = images_before + images
+                self._save_mid_epoch(step, epoch_generator)
+            if stop:
+                raise Preempted(self.stop.signum, epoch, step.done)
+
         # draws this epoch's order (torchrun: the same in every process, each taking its shard);
         # micro-batches of batch * devices images, `batch` per simulated device (interleaved)
         batches = session.train_batches(
             training.data, cfg.batch, steps * cfg.accum, cfg.accum, training.generator
         )
+        # resumed mid-epoch: the micro-batches of the steps done are made again and skipped
+        batches = itertools.islice(batches, start.done * cfg.accum, None)
         stats = train_epoch(
             session.wrap(fast.model),
             training.optimizer,
@@ -220,15 +297,30 @@ class EpochLoop:
             cfg.accum,
             cfg.log.every_steps,
             on_interval,
-            self.progress.advance,
+            on_step,
             average=session.average,
             autocast=fast.autocast,
+            start=start,
         )
         if session.device.type == "cuda":
             torch.cuda.synchronize(session.device)
-        self.state.train_seconds += time.perf_counter() - started
-        self.state.images += stats.images * session.world_size  # all devices of all processes
+        self._add_train_seconds()
+        state.images = images_before + stats.images * session.world_size  # all devices, processes
+        state.position = None
         return stats
+
+    def _add_train_seconds(self) -> None:
+        """The training time since the epoch started or the last mid-epoch checkpoint, added."""
+        now = time.perf_counter()
+        self.state.train_seconds += now - self._timed_since
+        self._timed_since = now
+
+    def _save_mid_epoch(self, step: StepDone, epoch_generator: torch.Tensor) -> None:
+        """A checkpoint after `step` of the epoch that `epoch_generator` (the generator's state at
+        the epoch's start) draws; every process takes part (the sums' all-gather)."""
+        self._add_train_seconds()
+        self.state.position = epoch_position(step, self.session)
+        self._save_checkpoint(generator=epoch_generator)
 
     def _evaluate(self, epoch: int, stats: EpochStats, fast: FastPath) -> dict[str, Any]:
         """Test (and validation) loss and accuracy of rank 0's model, appended to the history and
@@ -254,17 +346,18 @@ class EpochLoop:
             entry.update(val_loss=val_loss, val_error=100.0 * (1.0 - val_acc))
         self.state.history.append(entry)
         self.state.epoch = epoch
-        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "test_error"):
-            self.writer.add_scalar(f"epoch/{name}", entry[name], epoch)
-        for name in ("val_loss", "val_error"):
-            if name in entry:
-                self.writer.add_scalar(f"epoch/{name}", entry[name], epoch)
-        self.writer.flush()
+        self.writer.epoch(entry, self.state.images)
         return entry
 
-    def _save_checkpoint(self, precise_state: dict[str, torch.Tensor] | None = None) -> None:
+    def _save_checkpoint(
+        self,
+        precise_state: dict[str, torch.Tensor] | None = None,
+        generator: torch.Tensor | None = None,
+    ) -> None:
         """Everything a resumed run needs to continue bit for bit (the main process only); after
-        the final evaluation also the model with precise statistics (`model_precise`)."""
+        the final evaluation also the model with precise statistics (`model_precise`).
+        `generator`: a mid-epoch checkpoint's generator state at the epoch's start."""
+        self.checkpoints.written()
         if not self.session.is_main:
             return
         training = self.training
@@ -272,10 +365,12 @@ class EpochLoop:
             "identity": self.identity,
             "model": training.model.state_dict(),
             "optimizer": training.optimizer.state_dict(),
-            "generator": training.generator.get_state(),
+            "generator": training.generator.get_state() if generator is None else generator,
             "torch_rng": torch.get_rng_state(),
             "state": asdict(self.state),
         }
+        if self.session.device.type == "cuda":  # dropout-like draws on the GPU, if a model has any
+            checkpoint["cuda_rng"] = torch.cuda.get_rng_state(self.session.device)
         if precise_state is not None:
             checkpoint["model_precise"] = precise_state
         save_checkpoint(self.run_dir / CHECKPOINT, checkpoint)

@@ -4,6 +4,7 @@ fills it with facts that need torch."""
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import Counter
 from typing import Any
@@ -134,4 +135,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        # `device` cuda:<i> is the i-th GPU of this list when set (a sweep job's own GPU, SLURM's)
+        env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return env

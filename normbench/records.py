@@ -101,6 +101,9 @@ class RunRecord:
         diagnostics: what the evaluation after training found besides metrics (e.g. per layer
             how far the EMA running statistics are from the precise ones).
         diverged_at: epoch, step and loss where a run diverged.
+        interrupted_at: epoch, step (optimizer steps done in that epoch) and signal where
+            SIGTERM/SIGUSR1 stopped a run at a checkpoint (normbench.preemption).
+        resumed_from: epoch and step of the checkpoint this attempt resumed from.
         error: why a failed run failed.
         extra: keys this version does not know (a newer record), written back unchanged.
     """
@@ -117,6 +120,8 @@ class RunRecord:
     timing: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     diverged_at: dict[str, Any] | None = None
+    interrupted_at: dict[str, Any] | None = None
+    resumed_from: dict[str, Any] | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -169,6 +174,10 @@ class RunRecord:
             data["diagnostics"] = self.diagnostics
         if self.diverged_at is not None:
             data["diverged_at"] = self.diverged_at
+        if self.interrupted_at is not None:
+            data["interrupted_at"] = self.interrupted_at
+        if self.resumed_from is not None:
+            data["resumed_from"] = self.resumed_from
         if self.error is not None:
             data["error"] = self.error
         return {**data, **self.extra}

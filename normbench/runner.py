@@ -1,5 +1,6 @@
 """One `normbench run`, as a pipeline: plan (pure) -> build (data, model, optimizer) -> claim and
-resume -> train epoch by epoch (normbench.epochs) -> the record says how it ended.
+resume -> train epoch by epoch (normbench.epochs) -> the record says how it ended. SIGTERM and
+SIGUSR1 stop it at a checkpoint while it trains (normbench.preemption).
 
 Under torchrun every process runs this pipeline with its own Session (normbench.distributed); the
 main process alone claims the run and writes its files.
@@ -17,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .backbones import build_model
-from .config import flatten
 from .data import load_data
 from .distributed import Session
 from .epochs import EpochLoop, Training, TrainState
@@ -27,6 +27,7 @@ from .files import atomic_write_bytes, claim_run
 from .norms.sync_batch_norm import convert_sync_bn
 from .norms.weight_norm import data_dependent_init, first_batch
 from .optim import LRSchedule, build_optimizer, scaled_lr
+from .preemption import Preempted, StopRequest, watch_signals
 from .records import RECORD_FILE, RunRecord, Status
 from .runs import (
     CHECKPOINT,
@@ -39,6 +40,7 @@ from .runs import (
     result_identity,
     run_key,
 )
+from .tensorboard_log import run_hparams, trial_id
 from .validate import validate
 
 
@@ -95,10 +97,18 @@ def plan_run(
 
 
 def run_planned(plan: RunPlan, force: bool = False) -> RunResult:
-    """Train the planned run, resuming its checkpoint; a final run is skipped unless `force`."""
+    """Train the planned run, resuming its checkpoint; a final run is skipped unless `force`.
+    Preempted when SIGTERM/SIGUSR1 stopped it (normbench.preemption.watch_signals)."""
     previous = RunRecord.load(plan.run_dir)
     if is_final(previous, force):
         return RunResult(plan.run_dir, previous, skipped=True)
+    # outermost: a chained handler (submitit's requeue) runs once the run's files are released
+    with watch_signals() as stop:
+        return _train_planned(plan, force, stop)
+
+
+def _train_planned(plan: RunPlan, force: bool, stop: StopRequest) -> RunResult:
+    """run_planned's work inside the signal watch."""
     cfg = plan.cfg
     with (
         distributed.session(distributed.resolve_device(cfg.device), cfg.devices) as session,
@@ -119,15 +129,32 @@ def run_planned(plan: RunPlan, force: bool = False) -> RunResult:
         )
         state = resume(plan, training, progress, force, previous)
         record = new_record(plan, training, session)
+        if state.epoch or state.position:  # resumed from a checkpoint
+            record.resumed_from = resumed_from(state, steps)
         if session.is_main:
             atomic_write_bytes(plan.run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
         announce(plan, training, record, session, progress)
         # On resume, TensorBoard hides the killed attempt's steps after the checkpoint; the last
         # step of the last saved epoch (logged at epoch * steps_per_epoch) stays.
-        purge_step = state.epoch * steps + 1 if state.epoch else None
+        done = state.epoch * steps + (state.position or {}).get("done", 0)
+        purge_step = done + 1 if done else None
         writer = on_exit.enter_context(closing(session.writer(plan.run_dir / "tb", purge_step)))
+        writer.start(
+            run_hparams(cfg, plan.sgd_batch, plan.lr, plan.non_default),
+            trial_id(cfg, plan.key),
+            state.history,
+        )
         loop = EpochLoop(
-            cfg, plan.run_dir, training, session, record, state, plan.identity, progress, writer
+            cfg,
+            plan.run_dir,
+            training,
+            session,
+            record,
+            state,
+            plan.identity,
+            progress,
+            writer,
+            stop,
         )
         train_and_record(loop)
     return RunResult(plan.run_dir, record)
@@ -201,9 +228,23 @@ def resume(
     training.optimizer.load_state_dict(saved["optimizer"])
     training.generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
+    if "cuda_rng" in saved and training.data.device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda_rng"], training.data.device)
     state = TrainState(**saved["state"])
-    progress.notice(f"resuming {plan.key} after epoch {state.epoch}")
+    where = resumed_from(state, training.steps_per_epoch)
+    if where["step"] == training.steps_per_epoch:
+        progress.notice(f"resuming {plan.key} after epoch {state.epoch}")
+    else:
+        progress.notice(f"resuming {plan.key} in epoch {where['epoch']} after step {where['step']}")
     return state
+
+
+def resumed_from(state: TrainState, steps_per_epoch: int) -> dict[str, int]:
+    """The record's `resumed_from`: `step` optimizer steps done in epoch `epoch` (a whole epoch
+    after an epoch checkpoint, as in `interrupted_at`)."""
+    if state.position:
+        return {"epoch": state.epoch + 1, "step": state.position["done"]}
+    return {"epoch": state.epoch, "step": steps_per_epoch}
 
 
 def announce(
@@ -227,28 +268,23 @@ def announce(
 
 
 def train_and_record(loop: EpochLoop) -> None:
-    """Run the loop; the record ends completed, diverged, interrupted (Ctrl-C) or failed."""
+    """Run the loop; the record (and TensorBoard's run/status) ends completed, diverged,
+    interrupted (Ctrl-C; a signal, with `interrupted_at`) or failed."""
     try:
         loop.refresh_record()
         loop.run()
-        if loop.record.status is Status.COMPLETED:
-            log_hparams(loop.writer, loop.cfg, loop.record.metrics)
     except KeyboardInterrupt:
         loop.record.status = Status.INTERRUPTED
         loop.save_record()
+        raise
+    except Preempted as stop:
+        loop.record.status = Status.INTERRUPTED
+        loop.record.interrupted_at = stop.where()
+        loop.refresh_record()
         raise
     except Exception as error:
         loop.record.mark_failed(error)
         loop.save_record()
         raise
-
-
-def log_hparams(writer: Any, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """TensorBoard HPARAMS: flat config and final metrics, in the run's own folder
-    (run_name=".")."""
-    hparams = {
-        k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-        for k, v in flatten(cfg).items()
-    }
-    finals = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-    writer.add_hparams(hparams, finals, run_name=".")
+    finally:
+        loop.writer.end(str(loop.record.status), loop.state.epoch, loop.record.metrics)

@@ -174,6 +174,14 @@ def check_backbone_choices(cfg: DictConfig) -> None:
 def check_logging(cfg: DictConfig) -> None:
     as_choice(_select(cfg, "log.progress"), "log.progress", PROGRESS_MODES)
     _integers(cfg, {"log.every_steps": (1, "50"), "log.eval_batch": (1, "1000")})
+    _integers(cfg, {"checkpoint.every_steps": (0, "500")})
+    as_number(
+        _select(cfg, "checkpoint.every_minutes"),
+        "checkpoint.every_minutes",
+        minimum=0,
+        finite=True,
+        hint=_example("checkpoint.every_minutes", "10"),
+    )
 
 
 def check_sync_bn(cfg: Any) -> None:

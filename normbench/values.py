@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Real
 from typing import Any
 
@@ -135,6 +135,22 @@ def as_choice(
         hint = did_you_mean(str(value), choices) if suggest else ""
         raise bad_value(name, f"one of {', '.join(choices)}", value, hint, error)
     return value
+
+
+def choice_parser(what: str, choices: Sequence[str]) -> Callable[[str], str]:
+    """A command-line value parser (Typer's `parser=`) that accepts one of `choices`; anything else
+    is one UserError line, "unknown {what} 'x' (did you mean ...?); choose one of: ...", instead of
+    the command's usage text."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise UserError(
+                f"unknown {what} {value!r}{did_you_mean(value, choices)}; choose one of: "
+                f"{', '.join(choices)}"
+            )
+        return value
+
+    return parse
 
 
 def as_fractions(value: Any, name: str, *, hint: str = "", error: ErrorType = UserError) -> list:

@@ -75,3 +75,13 @@ def normbench(tmp_path, capsys, monkeypatch):
         return result
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def _private_data_check_cache(tmp_path_factory, monkeypatch):
+    """Runs in tests record their data-integrity checks in a temporary file, not the user's
+    ~/.cache (a session-wide one, so the real data set is checksummed once per test session)."""
+    from normbench.data import integrity
+
+    cache = tmp_path_factory.getbasetemp() / "data-checks.json"
+    monkeypatch.setattr(integrity, "CACHE_FILE", cache)

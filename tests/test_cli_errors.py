@@ -44,6 +44,15 @@ BAD_RUNS = [
     (["data.train_size=0"], ["train_size"]),
     (["data.train_size=12"], ["fewer than one SGD batch"]),
     (["--bogus"], ["unknown option '--bogus'"]),
+    # suggestions come from the config composed (gn's keys), not the default one (bn's)
+    (
+        ["norm=gn", "norm.grups=8"],
+        ["unknown config key 'norm.grups'", "did you mean 'norm.groups'"],
+    ),
+    (["norm=bn,gn"], ["'norm=bn,gn' is a sweep", "use `normbench sweep", "norm=bn,gn"]),
+    (["experiment=gn_paper"], ["experiment=gn_paper holds a grid", "normbench sweep", "batch="]),
+    (["-m"], ["Hydra's multirun flag", "normbench sweep"]),
+    (["--cfg", "all"], ["--cfg all", "--cfg job"]),
 ]
 
 
@@ -94,6 +103,10 @@ def test_user_config_dir_must_exist(normbench, tmp_path):
 
 def test_list_unknown_kind(normbench):
     assert_one_line_error(normbench("list", "norm"), ["did you mean 'norms'"])
+
+
+def test_sweep_refuses_hydras_multirun_flag(normbench):
+    assert_one_line_error(normbench("sweep", "-m", "norm=bn,gn"), ["Hydra's multirun flag"])
 
 
 def test_batch_one_is_fine_for_batch_independent_norms(normbench):

@@ -213,13 +213,14 @@ def test_sigkill_mid_epoch_then_ctrl_c_then_rerun_ends_as_the_uninterrupted_run(
     assert code == 130, stderr
     assert f"resuming {run_dir.name} after epoch {saved}" in stderr
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == (
-        "interrupted: rerun the same command to resume from the last checkpoint"
-    )
     assert only_record(out)["status"] == "interrupted"
     assert leftovers(out) == [], "a Ctrl-C'd run leaves no temporary file and no lock"
     saved = load_checkpoint(run_dir / "checkpoint.pt")["state"]["epoch"]
     assert saved < 4
+    assert stderr.strip().splitlines()[-1] == (  # names the epoch the rerun resumes after
+        f"interrupted: {run_dir / 'checkpoint.pt'} holds epoch {saved} of 4; rerun the same "
+        f"command to resume after epoch {saved}"
+    )
 
     code, _, stderr = run_child(command, logs)
     assert code == 0 and f"resuming {run_dir.name} after epoch {saved}" in stderr, stderr

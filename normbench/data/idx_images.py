@@ -1,5 +1,6 @@
 """Data sets shipped as four MNIST-format idx files (MNIST, Fashion-MNIST): one piece of code finds,
-downloads (torchvision), checks and loads them as normalized tensors on the device.
+downloads (torchvision), checks (integrity.py, cached) and loads them as normalized tensors on the
+device.
 
 A data set is described by an `IdxSet`; its module (mnist.py, fashion_mnist.py) builds it from its
 module-level constants each time it is used, so those constants can be pointed elsewhere (tests).
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from normbench.data import integrity
 from normbench.data.idx import read_idx
 from normbench.data.prep import cfg_bool, cfg_get, check_labels, torchvision_download
 from normbench.data.source import TensorData
@@ -140,6 +142,7 @@ def load(cfg: Any, device: torch.device, spec: IdxSet) -> TensorData:
 
     def find() -> tuple[Any, str]:
         files = locate(cfg, spec)
+        integrity.check_files(files, spec)  # on first use; cached while the files are unchanged
         return files, str(files["train_images"].parent)
 
     return load_image_set(cfg, device, spec, IN_CHANNELS, IMAGE_SIZE, find, read_split)

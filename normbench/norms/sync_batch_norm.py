@@ -3,6 +3,8 @@ nn.SyncBatchNorm."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -76,26 +78,49 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return f"{super().extra_repr()}, dim={self.dim}, {sync}"
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the processes of a group, differentiable: the gradient of a sum over
+    processes (its adjoint) is the sum of every process's incoming gradient.
+
+    Plain `dist.all_reduce` inside an autograd Function, as torch.distributed.nn.functional's
+    all_reduce (deprecated in torch 2.14) did: the same clone and collective, so the same numbers.
+    That one made two-process gloo runs abort (SIGABRT) after destroy_process_group (issue 17).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        summed = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=group)
+        return summed
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # through apply, not a bare collective: the backward stays differentiable itself
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+def all_reduce_sum(tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    """`tensor` summed over the processes of `group`, with the gradient of that sum."""
+    return _AllReduceSum.apply(tensor, group)
+
+
 def _cpu_sync_forward(layer: SyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """Training-mode SyncBN on CPU tensors: per-channel sums over every process's batch via the
-    differentiable all-reduce of torch.distributed.nn, whose backward sums the statistics' gradients
+    """Training-mode SyncBN on CPU tensors: per-channel sums over every process's batch via a
+    differentiable all-reduce (`all_reduce_sum`), whose backward sums the statistics' gradients
     over processes as torch's GPU kernel does. Two passes (mean, then centred squares) rather than
     E[x^2] - E[x]^2, which cancels badly; running statistics are updated as BN does (unbiased
     variance over all images)."""
-    # deferred: torch.distributed.nn exists only in builds with distributed support, and only a
-    # synchronised forward (several processes) needs it
-    from torch.distributed.nn.functional import all_reduce
-
     group = layer.process_group or dist.group.WORLD
     reduce_dims = [0, *range(2, x.dim())]
     shape = [1, -1] + [1] * (x.dim() - 2)
     count = x.new_tensor([x.numel() / x.shape[1]])
     # count rides along: one collective
-    sums = all_reduce(torch.cat([x.sum(reduce_dims), count]), group=group)
+    sums = all_reduce_sum(torch.cat([x.sum(reduce_dims), count]), group)
     n = sums[-1].detach()
     mean = sums[:-1] / n
     centred = x - mean.view(shape)
-    var = all_reduce((centred * centred).sum(reduce_dims), group=group) / n
+    var = all_reduce_sum((centred * centred).sum(reduce_dims), group) / n
     if layer.track_running_stats:
         with torch.no_grad():
             layer.num_batches_tracked.add_(1)

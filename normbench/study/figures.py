@@ -1,76 +1,162 @@
-"""Figures from run records, drawn with matplotlib's Agg canvas (no display needed).
+"""Figures from run records, drawn with matplotlib's Agg canvas (no display needed), sized for a
+paper (`--size column|page`) and written as PDF, SVG or PNG as the file name says.
 
-Error vs batch size, like Figure 1 of the GroupNorm paper: one line per norm, log2 x axis, error
-bars = sample std over seeds. Training curves from each run's TensorBoard events (`normbench plot
-PATH --curves`), like those of the GN and MABN papers: one panel per value of the column key (batch
-by default, ordered as in the table), one line per row value (norm) = mean over seeds with a light
-min..max band; train loss per logged step on top, test error per epoch below. Both use epochs on the
-x axis, since the number of steps per epoch differs between batch sizes. Runs are selected and
-grouped exactly as by `normbench table` (`load_runs` + `build_table`): only completed runs are
-drawn, and a sweep folder reads its own cells.
+Error vs batch size, like Figure 1 of the GroupNorm paper: one line per norm in its own colour,
+marker and line style (study.style), log2 x axis, error bars = sample std over seeds. Training
+curves from each run's TensorBoard events (`normbench plot PATH --curves`), like those of the GN
+and MABN papers: one panel per value of the column key (batch by default, ordered as in the table),
+one line per row value (norm) = mean over seeds with a light min..max band; train loss per logged
+step on top, test error per epoch below, against epochs or images seen (`--x`; the number of steps
+per epoch differs between batch sizes). Both carry a caption as their title: what was run, and
+what the bars or bands mean. Runs are selected and grouped exactly as by `normbench table`
+(`load_runs`, `--where`, `build_table`): only completed runs are drawn, and a sweep folder reads
+its own cells.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter
 
 from ..errors import UserError
-from .metrics import metric_info, parse_metrics
-from .tables import Run, Table, build_table, load_runs, warn
+from ..records import RunRecord
+from .events import TEST_ERROR, TRAIN_LOSS, Band, RunCurves, run_curves, seed_band
+from .events import event_files as event_files  # re-exported: the curves' API, as before
+from .events import read_scalars as read_scalars
+from .figure_parts import (
+    add_legend,
+    bars_pieces,
+    describe_runs,
+    figure_format,
+    figure_height,
+    legend_rows,
+    save_figure,
+    seed_range,
+    set_fonts,
+    wrap_caption,
+)
+from .metrics import HIGHER, LOWER, metric_info, parse_metrics
+from .run_records import Run, load_runs, warn
+from .style import GRAY, SIZES, LineStyle, Size, SizeStyle, XAxis, row_label, row_styles
+from .tables import Table, build_table
+from .where import parse_where
 
 DEFAULT_NAME = "error_vs_batch.png"
 CURVES_NAME = "curves.png"
-TRAIN_LOSS, TEST_ERROR = "train/loss", "epoch/test_error"  # tags written by normbench.epochs
-EVENTS_GLOB = "events.out.tfevents.*"
+save_png = save_figure  # the name study.sweep uses for a sweep's error_vs_batch.png
+MANY_MARKERS = 12  # a test-error line with more epochs than this marks every n-th only
 
 
-def make_figure(table: Table) -> Figure:
-    """The figure for a table (rows = lines, columns = x). Cells without a completed run are left
-    out."""
-    xs_all = table.cols
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in xs_all):
-        raise UserError(f"plot needs a positive numeric swept key; {table.cols_key} has {xs_all}")
-    fig = Figure(figsize=(6, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for row in table.rows:
-        points = sorted(
-            (x, table.cell(row, x)) for x in xs_all if table.cell(row, x).mean is not None
+def chance_level(metric: str, runs: list[Run]) -> tuple[float, str]:
+    """The metric's value for a classifier that guesses (from data.num_classes) and its legend
+    label: 100·(1−1/classes) for an error in %, 1/classes for an accuracy fraction."""
+    classes = {run.get("data.num_classes") for run in runs}
+    found = next(iter(classes)) if len(classes) == 1 else None
+    if not isinstance(found, int) or found < 2:
+        raise UserError(
+            "--chance needs the same data.num_classes in every drawn run; they have "
+            f"{sorted(classes, key=str)} (draw one data set with --where data=...)"
         )
+    info = metric_info(metric)
+    if info.better == LOWER and info.label.endswith("(%)"):
+        level = 100 * (1 - 1 / found)
+        return level, f"chance ({level:.3g}%)"
+    if info.better == HIGHER and "fraction" in info.label:
+        return 1 / found, f"chance ({1 / found:.3g})"
+    raise UserError(
+        f"--chance: {metric} has no chance level (an error in % or an accuracy has); drop --chance"
+    )
+
+
+def _source_runs(table: Table, runs: list[Run] | None) -> list[Run]:
+    """The completed runs the table's cells average (read again from disk if not given)."""
+    by_path = {run.path: run for run in runs or ()}
+    sources = [path for cell in table.cells.values() for path in cell.sources]
+    return [by_path.get(path) or Run(path, RunRecord.read(path)) for path in sources]
+
+
+def _draw_rows(ax: Any, table: Table, style: SizeStyle) -> None:
+    """One error-bar line per table row that has a completed cell, in the row's own style."""
+    styles = row_styles(table.rows_key, table.rows)
+    for row in table.rows:
+        cells = [(x, table.cell(row, x)) for x in table.cols]
+        points = sorted((x, c.mean, c.std or 0.0) for x, c in cells if c.mean is not None)
         if not points:
             continue
-        xs = [x for x, _ in points]
-        ys = [c.mean for _, c in points]
-        errs = [c.std or 0.0 for _, c in points]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(row))
+        xs, ys, errs = zip(*points)
+        ax.errorbar(
+            list(xs),
+            list(ys),
+            yerr=list(errs),
+            capsize=0.6 * style.marker,
+            linewidth=style.line,
+            elinewidth=0.7 * style.line,
+            label=row_label(table.rows_key, row),
+            **styles[row].kwargs(style.marker),
+        )
+
+
+def _batch_axis(ax: Any, table: Table, style: SizeStyle) -> None:
     ax.set_xscale("log", base=2)
-    ticks = sorted(xs_all)
+    ticks = sorted(table.cols)
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks])
     ax.minorticks_off()
     if table.cols_key == "batch":
         # large batch on the left, shrinking to the right, as in the GN paper's Figure 1
         ax.invert_xaxis()
-    ax.set_xlabel(
-        f"{table.cols_key} (images per device)" if table.cols_key == "batch" else table.cols_key
+    key = table.cols_key
+    ax.set_xlabel(f"{key} (images per device)" if key == "batch" else key)
+    ax.set_ylabel(metric_info(table.metric).label)
+    ax.grid(True, alpha=0.3, linewidth=0.5)
+    set_fonts(ax, style)
+
+
+def make_figure(
+    table: Table,
+    runs: list[Run] | None = None,
+    size: Size | str = Size.column,
+    chance: bool = False,
+) -> Figure:
+    """Error vs the column key: one line per row, error bars = sample std over seeds, the caption
+    as the figure's title. Cells without a completed run are left out.
+
+    Args:
+        runs: the runs the table was built from (None: read from the cells' records).
+        size: `--size`: column or page width (study.style.SIZES).
+        chance: draw the metric's chance level (chance_level).
+    """
+    cols = table.cols
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in cols):
+        raise UserError(f"plot needs a positive numeric swept key; {table.cols_key} has {cols}")
+    style = SIZES[Size(size)]
+    drawn = _source_runs(table, runs)
+    seeds = {c.n for c in table.cells.values() if c.n}
+    pieces = [*describe_runs(drawn), *([table.where] if table.where else []), *bars_pieces(seeds)]
+    caption = wrap_caption(pieces, style.caption_chars)
+    legend = legend_rows(style, len(table.rows) + chance)
+    fig = Figure(
+        figsize=(style.width, figure_height(style, style.axes_height, caption, legend)),
+        layout="constrained",
     )
-    label = metric_info(table.metric).label
-    ax.set_ylabel(label)
-    title = f"{label} vs {table.cols_key} (mean ± std over seeds)"
-    # a long metric label on a line of its own, so that the 6 in wide figure shows the title whole
-    ax.set_title(title if len(title) <= 64 else title.replace(" vs ", "\nvs ", 1))
-    ax.grid(True, alpha=0.3)
-    if ax.containers:
-        ax.legend(title=table.rows_key)
-    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _draw_rows(ax, table, style)
+    if chance:
+        level, label = chance_level(table.metric, drawn)
+        ax.axhline(level, color=GRAY, linestyle=(0, (1, 1)), linewidth=style.line, label=label)
+    _batch_axis(ax, table, style)
+    fig.suptitle(caption, fontsize=style.font)
+    handles, labels = ax.get_legend_handles_labels()
+    # the lines first, then the chance level (a plain Line2D; each line is an errorbar container)
+    order = sorted(range(len(handles)), key=lambda i: isinstance(handles[i], Line2D))
+    title = None if table.rows_key == "norm" else table.rows_key
+    add_legend(fig, [handles[i] for i in order], [labels[i] for i in order], title, style)
     return fig
 
 
@@ -80,213 +166,131 @@ def plot(
     metric: str = "test_error",
     rows: str = "norm",
     cols: str = "batch",
+    *,
+    size: Size | str = Size.column,
+    chance: bool = False,
+    where: list[str] | None = None,
 ) -> Path:
     """Build the table under PATH and write the figure of one metric (default
-    PATH/error_vs_batch.png)."""
+    PATH/error_vs_batch.png; the suffix of `out` chooses pdf, svg or png)."""
+    target = Path(out) if out is not None else Path(path) / DEFAULT_NAME
+    figure_format(target)
     if len(parse_metrics(metric)) > 1:
         raise UserError(
             f"--metric {metric!r}: a figure draws one metric; give one (a table shows several)"
         )
-    table = build_table(path, metric, rows, cols)
-    return save_png(make_figure(table), Path(out) if out is not None else Path(path) / DEFAULT_NAME)
-
-
-def save_png(fig: Figure, target: Path) -> Path:
-    """Write a figure as PNG; an unwritable place is a UserError naming it."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target, format="png", dpi=150)
-    except OSError as error:
-        raise UserError(f"cannot write {target}: {error.strerror or error}") from None
-    return target
-
-
-def event_files(tb_dir: Path) -> list[Path]:
-    """The event files of one run folder's tb/ (add_hparams writes into the same folder,
-    run_name=".")."""
-    return sorted(p for p in tb_dir.glob(EVENTS_GLOB) if p.is_file()) if tb_dir.is_dir() else []
-
-
-def _read_file(file: Path) -> tuple[float, dict[str, dict[int, float]]] | None:
-    """(wall time of the file's first event, {tag: {step: value}}), or None for a file without
-    events (a writer killed before its first flush)."""
-    # deferred: tensorboard is a heavy import that only --curves needs
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    # 0 = keep every point, not a sample
-    events = EventAccumulator(str(file), size_guidance={"scalars": 0})
-    events.Reload()
-    try:
-        first = events.FirstEventTimestamp()
-    except ValueError:
-        return None
-    return first, {
-        tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
-    }
-
-
-def read_scalars(tb_dir: Path | str) -> dict[str, pd.Series]:
-    """Every scalar tag of one run's tb/ as a Series indexed by step, sorted, each step once.
-
-    A resumed run has one event file per attempt, and the killed attempt may have logged steps that
-    the resumed one logs again. Each file is read on its own and the files are taken in the order
-    they were started (wall time of their first event); for every tag, a later file's points replace
-    all earlier points at or after the first step it logged for that tag. TensorBoard's own purge
-    (directory reading + the resumed writer's purge_step) is not enough here: it orders files by
-    name, whose time field has a 1 s resolution; it drops steps >= purge_step, which with purge_step
-    = epochs done * steps per epoch also hides the last point logged in the last completed epoch;
-    and it cannot apply to the epoch/* tags, whose x is the epoch rather than the step (one flushed
-    just before a kill would stay twice)."""
-    loaded = [read for read in map(_read_file, event_files(Path(tb_dir))) if read is not None]
-    merged: dict[str, dict[int, float]] = {}
-    for _, scalars in sorted(loaded, key=lambda item: item[0]):
-        for tag, points in scalars.items():
-            if not points:
-                continue
-            first = min(points)
-            kept = {step: value for step, value in merged.get(tag, {}).items() if step < first}
-            kept.update(points)
-            merged[tag] = kept
-    return {tag: pd.Series(points, dtype=float).sort_index() for tag, points in merged.items()}
-
-
-@dataclass
-class RunCurves:
-    run: Run
-    # index: epochs (step / steps per epoch), one point per log.every_steps steps
-    train_loss: pd.Series
-    test_error: pd.Series  # index: epoch 1, 2, ...; top-1 error in %
-
-
-def run_curves(run: Run) -> RunCurves | str:
-    """The curves of one run, or why it has none (a short reason for the warning line)."""
-    run_dir = run.path.parent
-    if not event_files(run_dir / "tb"):
-        return "no TensorBoard events in tb/"
-    steps_per_epoch = (run.record.setup or {}).get("steps_per_epoch")
-    if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
-        return "no setup.steps_per_epoch in record.json"
-    scalars = read_scalars(run_dir / "tb")
-    if TRAIN_LOSS not in scalars or TEST_ERROR not in scalars:
-        return f"no {TRAIN_LOSS} or {TEST_ERROR} scalars in tb/"
-    loss = scalars[TRAIN_LOSS]
-    loss.index = loss.index / steps_per_epoch
-    return RunCurves(run, loss, scalars[TEST_ERROR])
-
-
-@dataclass
-class Band:
-    x: list[float]
-    mean: list[float]
-    low: list[float]  # min over seeds
-    high: list[float]  # max over seeds
-    seeds: int
-
-
-def seed_band(series: list[pd.Series]) -> Band:
-    """Mean and min..max over seeds at the x values every seed has (seeds of one cell share a
-    config, so they log the same steps)."""
-    frame = pd.concat(series, axis=1, join="inner")
-    return Band(
-        list(frame.index),
-        list(frame.mean(axis=1)),
-        list(frame.min(axis=1)),
-        list(frame.max(axis=1)),
-        frame.shape[1],
-    )
-
-
-def _colors(n: int) -> list[Any]:
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    runs = load_runs(path)
+    table = build_table(path, metric, rows, cols, runs=runs, where=parse_where(where))
+    return save_figure(make_figure(table, runs, size, chance), target)
 
 
 def _draw_band(
-    ax: Any, band: Band, label: str, color: Any, width: float, marker: str | None
+    ax: Any, band: Band, label: str, line: LineStyle, style: SizeStyle, marked: bool
 ) -> None:
-    """One line (mean over seeds) with its min..max band; a wide line is drawn underneath."""
+    """One line (mean over seeds) with its min..max band; markers when `marked` or when the line
+    has a single point (a lone point without a marker draws nothing)."""
+    drawn = line.kwargs(0.8 * style.marker)
+    if not marked and len(band.x) > 1:
+        drawn["marker"] = None
     ax.plot(
         band.x,
         band.mean,
-        color=color,
-        marker=marker,
-        markersize=3,
-        linewidth=width,
-        zorder=1.9 if width > 2 else 2,
+        linewidth=style.line,
+        markevery=max(1, len(band.x) // MANY_MARKERS),
         label=label,
+        **drawn,
     )
     if band.seeds > 1:
-        ax.fill_between(band.x, band.low, band.high, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(band.x, band.low, band.high, color=line.color, alpha=0.18, linewidth=0)
 
 
-def make_curves_figure(table: Table, curves: dict[Path, RunCurves]) -> Figure:
+def _draw_panel(
+    top: Any, bottom: Any, table: Table, col: Any, curves: dict[Path, RunCurves], style: SizeStyle
+) -> list[Any]:
+    """One column of panels (train loss over test error) of the table column `col`; returns the
+    rows drawn."""
+    top.set_title(f"{table.cols_key}={col}", fontsize=style.label)
+    styles = row_styles(table.rows_key, table.rows)
+    drawn = []
+    for row in table.rows:
+        members = [curves[p] for p in table.cell(row, col).sources if p in curves]
+        if not members:
+            continue
+        drawn.append(row)
+        for ax, band, marked in (
+            (top, seed_band([m.train_loss for m in members]), False),
+            (bottom, seed_band([m.test_error for m in members]), True),
+        ):
+            _draw_band(ax, band, str(row), styles[row], style, marked)
+    if not top.lines:
+        top.text(0.5, 0.5, "no curves", transform=top.transAxes, ha="center", color="gray")
+    return drawn
+
+
+def make_curves_figure(
+    table: Table,
+    curves: dict[Path, RunCurves],
+    size: Size | str = Size.page,
+    x: XAxis | str = XAxis.epochs,
+) -> Figure:
     """Two rows of panels (train loss, test error) x one column per table column; the lines of a
-    panel are the table's rows (same colour in every panel), drawn from the cell's completed runs
-    that have curves (`curves`, keyed by record path). Rows share y so that panels compare at a
-    glance."""
-    ncols = len(table.cols)
-    # at least as wide as the title's first line and the legend, however few panels
-    fig = Figure(figsize=(max(0.8 + 3.0 * ncols, 7.0), 6.2), layout="constrained")
+    panel are the table's rows (the same style in every panel and figure), drawn from the cell's
+    completed runs that have curves (`curves`, keyed by record path). Rows share y so that panels
+    compare at a glance."""
+    style = SIZES[Size(size)]
+    # a cell's band averages the runs of the cell that have curves
+    counts = [sum(p in curves for p in cell.sources) for cell in table.cells.values()]
+    seeds = {n for n in counts if n}
+    band = f"line = mean over {seed_range(seeds)} seed(s), band = min..max"
+    pieces = ["train loss (per logged step) and test error (per epoch)"]
+    pieces += describe_runs([c.run for c in curves.values()])
+    pieces += [table.where] if table.where else []
+    pieces.append("; " + (band if max(seeds, default=0) > 1 else "one seed per line"))
+    caption = wrap_caption(pieces, style.caption_chars)
+    height = figure_height(style, style.panels_height, caption, legend_rows(style, len(table.rows)))
+    fig = Figure(figsize=(style.width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, ncols, sharex=True, sharey="row", squeeze=False)
-    colors = dict(zip(table.rows, _colors(len(table.rows))))
-    # the first row (bn, the baseline, when rows are norms) is drawn wider and underneath, so that a
-    # line on top of it (e.g. BRN, which starts as BN) leaves it visible
-    widths = {row: 2.6 if i == 0 else 1.3 for i, row in enumerate(table.rows)}
+    axes = fig.subplots(2, len(table.cols), sharex=True, sharey="row", squeeze=False)
     drawn: list[Any] = []
-    seed_counts: set[int] = set()
     for j, col in enumerate(table.cols):
-        top, bottom = axes[0][j], axes[1][j]
-        top.set_title(f"{table.cols_key}={col}")
-        for row in table.rows:
-            members = [curves[p] for p in table.cell(row, col).sources if p in curves]
-            if not members:
-                continue
-            if row not in drawn:
-                drawn.append(row)
-            for ax, band, marker in (
-                (top, seed_band([m.train_loss for m in members]), None),
-                (bottom, seed_band([m.test_error for m in members]), "o"),
-            ):
-                _draw_band(ax, band, str(row), colors[row], widths[row], marker)
-                seed_counts.add(band.seeds)
-        if not top.lines:
-            top.text(
-                0.5,
-                0.5,
-                "no curves",
-                transform=top.transAxes,
-                ha="center",
-                va="center",
-                color="gray",
-            )
-        bottom.set_xlabel("epoch")
-        for ax in (top, bottom):
-            ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("train loss")
-    axes[1][0].set_ylabel(metric_info("test_error").label)
-    handles = [Line2D([], [], color=colors[row], linewidth=widths[row]) for row in drawn]
-    fig.legend(
-        handles, [str(row) for row in drawn], title=table.rows_key, loc="outside right upper"
-    )
-    seeds = (
-        f"{min(seed_counts)}–{max(seed_counts)}"
-        if len(seed_counts) > 1
-        else str(min(seed_counts, default=0))
-    )
-    fig.suptitle(
-        "train loss (per logged step) and test error (per epoch) vs epoch\n"
-        f"line = mean over {seeds} seed(s), band = min..max"
-    )
+        rows = _draw_panel(axes[0][j], axes[1][j], table, col, curves, style)
+        drawn += [row for row in rows if row not in drawn]
+        axes[1][j].set_xlabel("epoch" if XAxis(x) is XAxis.epochs else "images seen")
+        for ax in (axes[0][j], axes[1][j]):
+            ax.grid(True, alpha=0.3, linewidth=0.5)
+            set_fonts(ax, style)
+    # the x axis is shared: one limit and formatter serve every panel; training starts at 0
+    axes[1][0].set_xlim(left=0)
+    if XAxis(x) is XAxis.images:  # 20k, 1.5M
+        axes[1][0].xaxis.set_major_formatter(EngFormatter(sep=""))
+    axes[0][0].set_ylabel("train loss", fontsize=style.label)
+    axes[1][0].set_ylabel(metric_info("test_error").label, fontsize=style.label)
+    fig.suptitle(caption, fontsize=style.font)
+    styles = row_styles(table.rows_key, table.rows)
+    handles = [
+        Line2D([], [], linewidth=style.line, **styles[row].kwargs(0.8 * style.marker))
+        for row in drawn
+    ]
+    labels = [row_label(table.rows_key, row) for row in drawn]
+    title = None if table.rows_key == "norm" else table.rows_key
+    add_legend(fig, handles, labels, title, style)
     return fig
 
 
-def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> Figure:
+def curves_figure(
+    path: Path | str,
+    rows: str = "norm",
+    cols: str = "batch",
+    *,
+    size: Size | str = Size.page,
+    x: XAxis | str = XAxis.epochs,
+    where: list[str] | None = None,
+) -> Figure:
     """The figure of the completed runs under PATH, grouped as by `normbench table PATH --rows
     --cols`. Runs without curves are skipped with one warning line naming them; none with curves ->
     UserError."""
     runs = load_runs(path)
-    table = build_table(path, "test_error", rows, cols, runs=runs)
+    table = build_table(path, "test_error", rows, cols, runs=runs, where=parse_where(where))
     sources = [source for cell in table.cells.values() for source in cell.sources]
     if not sources:
         raise UserError(
@@ -303,7 +307,7 @@ def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> 
     curves: dict[Path, RunCurves] = {}
     skipped = []
     for source in sources:
-        result = run_curves(by_path[source])
+        result = run_curves(by_path[source], images=XAxis(x) is XAxis.images)
         if isinstance(result, str):
             skipped.append(f"{source.parent} ({result})")
         else:
@@ -316,13 +320,22 @@ def curves_figure(path: Path | str, rows: str = "norm", cols: str = "batch") -> 
         )
     if skipped:
         warn(f"skipping {len(skipped)} run(s) without curves: {'; '.join(skipped)}")
-    return make_curves_figure(table, curves)
+    return make_curves_figure(table, curves, size, x)
 
 
 def plot_curves(
-    path: Path | str, out: Path | str | None = None, rows: str = "norm", cols: str = "batch"
+    path: Path | str,
+    out: Path | str | None = None,
+    rows: str = "norm",
+    cols: str = "batch",
+    *,
+    size: Size | str = Size.page,
+    x: XAxis | str = XAxis.epochs,
+    where: list[str] | None = None,
 ) -> Path:
-    """Write the curves figure of PATH (default PATH/curves.png)."""
-    return save_png(
-        curves_figure(path, rows, cols), Path(out) if out is not None else Path(path) / CURVES_NAME
-    )
+    """Write the curves figure of PATH (default PATH/curves.png; the suffix of `out` chooses pdf,
+    svg or png)."""
+    target = Path(out) if out is not None else Path(path) / CURVES_NAME
+    figure_format(target)
+    figure = curves_figure(path, rows, cols, size=size, x=x, where=where)
+    return save_figure(figure, target)

@@ -98,7 +98,7 @@ def _grid(
     header = [f"{table.rows_key} \\ {table.cols_key}"]
     header += (["metric"] if len(table.metrics) > 1 else []) + list(map(str, table.cols))
     if cost:
-        header += ["images/s", "peak MB"]
+        header += cost_header(table)
     body = []
     for row in table.rows:
         for index, metric in enumerate(table.metrics):
@@ -115,14 +115,41 @@ def _grid(
                 ):
                     text = style.bold(text)
                 line.append(text)
-            if cost and index == 0:
-                ips, mem = table.cost[row]
-                line += [
-                    style.missing if ips is None else f"{ips:.0f}",
-                    style.missing if mem is None else f"{mem:.0f}",
-                ]
-            body.append(line + ([""] * 2 if cost and index else []))
+            if cost:
+                line += cost_cells(table, row, style.missing) if index == 0 else _blank_cost(table)
+            body.append(line)
     return header, body, _delta_rows(table, cost, style)
+
+
+def cost_header(table: Table) -> list[str]:
+    """The cost columns, per cell: images/s of each column value, then peak MB of each."""
+    return [
+        f"{what} ({table.cols_key}={col})" for what in ("images/s", "peak MB") for col in table.cols
+    ]
+
+
+def cost_cells(table: Table, row: Any, missing: str) -> list[str]:
+    """A row's cost cells, in cost_header's order; a peak memory measured in another way than the
+    table's other cells (see _memory_note) says how."""
+    costs = [table.cost_of(row, col) for col in table.cols]
+    kinds = _memory_kinds(table)
+    ips = [missing if c.images_per_second is None else f"{c.images_per_second:.0f}" for c in costs]
+    mem = [
+        missing
+        if c.peak_memory_mb is None
+        else f"{c.peak_memory_mb:.0f}"
+        + (f" ({c.peak_memory_kind})" if len(kinds) > 1 and c.peak_memory_kind else "")
+        for c in costs
+    ]
+    return ips + mem
+
+
+def _blank_cost(table: Table) -> list[str]:
+    return [""] * (2 * len(table.cols))
+
+
+def _memory_kinds(table: Table) -> list[str]:
+    return sorted({c.peak_memory_kind for c in table.cost.values() if c.peak_memory_kind})
 
 
 def _delta_rows(table: Table, cost: bool, style: Style) -> list[list[str]]:
@@ -137,12 +164,18 @@ def _delta_rows(table: Table, cost: bool, style: Style) -> list[list[str]]:
                 _delta_text(d, digits).replace(MISSING, style.missing)
                 for d in by_metric[metric][row]
             ]
-            lines.append(line + ([""] * 2 if cost else []))
+            lines.append(line + (_blank_cost(table) if cost else []))
     return lines
 
 
-def _notes(table: Table) -> list[str]:
+def _notes(table: Table, cost: bool = False) -> list[str]:
     lines = []
+    if cost:
+        kinds = _memory_kinds(table)
+        lines.append(
+            "cost per cell: mean images/s of its averaged runs, their largest peak memory (MB)"
+            + (f", measured as {' / '.join(kinds)}" if kinds else "")
+        )
     cells = [c for by_cell in table.cells_by_metric.values() for c in by_cell.values()]
     if any(c.diverged and c.n for c in cells):
         lines.append("† some seeds diverged; the mean is over the completed ones")
@@ -158,10 +191,14 @@ def caption(table: Table) -> str:
     over what, and how it is laid out."""
     labels = "; ".join(metric_info(metric).label for metric in table.metrics)
     several = len(table.metrics) > 1
+    unfinished = len(table.not_counted)
+    ignored = f" ({unfinished} unfinished, ignored)" if unfinished else ""
+    where = f" {table.where}" if table.where else ""
     return (
         f"{labels}{' (one sub-row each)' if several else ''}, mean ± sample std over seeds, "
-        f"{table.n_runs} run records; best per column{' and metric' if several else ''} in bold; "
-        f"rows {table.rows_key}, columns {table.cols_key}"
+        f"{table.n_runs} run records{where}{ignored}; best per column"
+        f"{' and metric' if several else ''} in bold; rows {table.rows_key}, columns "
+        f"{table.cols_key}"
     )
 
 
@@ -172,7 +209,7 @@ def to_markdown(table: Table, cost: bool = False) -> str:
     header, body, deltas = _grid(table, cost, MARKDOWN)
     lines = [caption(table), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body + deltas]
-    notes = _notes(table)
+    notes = _notes(table, cost)
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -220,7 +257,7 @@ def to_latex(table: Table, cost: bool = False) -> str:
         lines.append(r"\midrule")
         lines += [row_tex(line) for line in deltas]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [f"% {note}" for note in _notes(table)]
+    lines += [f"% {note}" for note in _notes(table, cost)]
     return "\n".join(lines) + "\n"
 
 
@@ -228,8 +265,9 @@ def to_csv(table: Table, cost: bool = False) -> str:
     """Raw numbers: per column value `<cols>=<v> mean`, `std`, `n`, `div`, and `flagged` (runs with
     a sanity warning) when the table has any; empty where there is none. Several metrics: a `metric`
     column after the row key and one line per (row, metric), the long form pandas pivots
-    (`df.pivot(index=..., columns="metric")`). No Δ row (it is a difference of the means already
-    here)."""
+    (`df.pivot(index=..., columns="metric")`). With cost: `<cols>=<v> images_per_second`,
+    `peak_memory_mb` and `peak_memory_kind` per column value. No Δ row (it is a difference of the
+    means already here)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     several = len(table.metrics) > 1
@@ -238,7 +276,11 @@ def to_csv(table: Table, cost: bool = False) -> str:
     for col in table.cols:
         header += [f"{table.cols_key}={col} {part}" for part in parts]
     if cost:
-        header += ["images_per_second", "peak_memory_mb"]
+        header += [
+            f"{table.cols_key}={col} {what}"
+            for what in ("images_per_second", "peak_memory_mb", "peak_memory_kind")
+            for col in table.cols
+        ]
     writer.writerow(header)
     for row in table.rows:
         for metric in table.metrics:
@@ -246,15 +288,22 @@ def to_csv(table: Table, cost: bool = False) -> str:
             for col in table.cols:
                 cell = table.cell(row, col, metric)
                 line += [
-                    repr(cell.mean) if cell.mean is not None else "",
-                    repr(cell.std) if cell.std is not None else "",
+                    _raw(cell.mean),
+                    _raw(cell.std),
                     cell.n,
                     cell.diverged,
                 ] + ([cell.flagged] if table.flagged else [])
             if cost:
-                line += [repr(v) if v is not None else "" for v in table.cost[row]]
+                costs = [table.cost_of(row, col) for col in table.cols]
+                line += [_raw(c.images_per_second) for c in costs]
+                line += [_raw(c.peak_memory_mb) for c in costs]
+                line += [c.peak_memory_kind or "" for c in costs]
             writer.writerow(line)
     return buffer.getvalue()
+
+
+def _raw(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def render(table: Table, fmt: str = "md", cost: bool = False) -> str:

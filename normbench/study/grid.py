@@ -20,6 +20,8 @@ from ..config import explain_hydra_error, preset_sweep
 from ..errors import UserError
 
 NAME_MAX = 80
+NAME_HASH = 8  # hex digits of the hash that ends a shortened name
+SAFE = r"[^A-Za-z0-9._,=+-]+"  # anything else in a folder name becomes `-`
 
 
 @dataclass
@@ -140,32 +142,83 @@ def _as_typed(text: str, values: list[str]) -> list[str]:
     return typed if len(typed) == len(values) else values
 
 
+@dataclass(frozen=True)
+class SweepName:
+    """An automatic sweep folder name, and the parts of the grid that did not fit in it (a hash of
+    the whole grid at its end stands for them)."""
+
+    name: str
+    left_out: tuple[str, ...] = ()
+
+
 def default_name(grid: Grid) -> str:
     """`norm-bn,gn_batch-2,4` from the swept keys and values; a single cell is named after its
     overrides. With a preset: its name, then the other overrides as typed
-    (`gn_paper_backbone=resnet20_seed-0,1,2`)."""
+    (`gn_paper_backbone=resnet20_seed-0,1,2`). Never longer than NAME_MAX: see sweep_name."""
+    return sweep_name(grid).name
+
+
+def sweep_name(grid: Grid) -> SweepName:
+    """The automatic name of a sweep's folder. A name over NAME_MAX characters drops whole parts,
+    never part of a value, and ends in a hash of the full name: overrides that are not swept go
+    first (the last typed first, `epochs` after the others), then swept keys; a preset's name stays.
+    A swept key whose values alone do not fit is named with its number of values (`norm-40values`).
+    """
+    parts = _name_parts(grid)
+    full = "_".join(text for _, text in parts)
+    if len(full) <= NAME_MAX:
+        return SweepName(full or "default")
+    budget = NAME_MAX - NAME_HASH - 1
+    kept = [(importance, _fitting(text, budget)) for importance, text in parts]
+    left_out = []
+    while kept and len("_".join(text for _, text in kept)) > budget:
+        # the least important part, the last typed among equals; a preset's name (0) stays
+        victim = max(range(len(kept)), key=lambda i: (kept[i][0], i))
+        if kept[victim][0] == 0:
+            break
+        left_out.append(kept.pop(victim)[1])
+    digest = hashlib.sha1(full.encode()).hexdigest()[:NAME_HASH]
+    return SweepName("_".join([*(text for _, text in kept), digest]), tuple(left_out))
+
+
+def _name_parts(grid: Grid) -> list[tuple[int, str]]:
+    """(importance, text) of each part of the name, in the order typed; lower is kept longer: the
+    preset 0, a swept key 1, epochs 2, any other override 3."""
+    typed = dict(grid.swept)
     experiment = experiment_of(grid.overrides)
-    if experiment is not None:
-        typed = dict(grid.swept)
-        parts = [experiment] + [
-            f"{bare_key(key_of(text))}-{','.join(typed[key_of(text)])}"
-            if key_of(text) in typed
-            else text
-            for text in grid.overrides
-            if bare_key(key_of(text)) != "experiment"
-        ]
-        return sanitize("_".join(parts))
-    if grid.swept:
-        raw = "_".join(f"{bare_key(key)}-{','.join(values)}" for key, values in grid.swept)
-    else:
-        raw = "_".join(grid.overrides) or "default"
-    return sanitize(raw)
+    if experiment is None and grid.swept:
+        return [(1, _safe(f"{bare_key(key)}-{','.join(values)}")) for key, values in grid.swept]
+    parts = [] if experiment is None else [(0, _safe(experiment))]
+    for text in grid.overrides:
+        key = key_of(text)
+        if bare_key(key) == "experiment":
+            continue
+        if key in typed:
+            parts.append((1, _safe(f"{bare_key(key)}-{','.join(typed[key])}")))
+        else:
+            parts.append((2 if bare_key(key) == "epochs" else 3, _safe(text)))
+    return parts
+
+
+def _fitting(part: str, budget: int) -> str:
+    """A part that fits the budget; a longer swept key is named with its number of values
+    (`norm-40values`)."""
+    key, sign, values = part.partition("-")
+    if len(part) <= budget or not sign or "=" in key:
+        return part
+    return f"{key}-{values.count(',') + 1}values"
+
+
+def _safe(text: str) -> str:
+    """A part of a folder name: odd characters become `-`."""
+    return re.sub(SAFE, "-", text).strip("-.") or "x"
 
 
 def sanitize(raw: str) -> str:
-    """A safe folder name: odd characters become `-`; a long name is cut and ends in a hash."""
-    name = re.sub(r"[^A-Za-z0-9._,=+-]+", "-", raw).strip("-.") or "sweep"
+    """A safe folder name from a user's --name: odd characters become `-`; a long name is cut and
+    ends in a hash."""
+    name = re.sub(SAFE, "-", raw).strip("-.") or "sweep"
     if len(name) > NAME_MAX:
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
-        name = f"{name[: NAME_MAX - 9].rstrip('-.')}-{digest}"
+        digest = hashlib.sha1(raw.encode()).hexdigest()[:NAME_HASH]
+        name = f"{name[: NAME_MAX - NAME_HASH - 1].rstrip('-.')}-{digest}"
     return name

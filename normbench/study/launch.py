@@ -9,6 +9,11 @@ writes to its launcher folder; each job composes its cell from that table and tr
 `normbench.runner`, so completed runs are skipped and interrupted ones resume, as in a sequential
 sweep. A job never raises (Hydra would abort the whole multirun); its outcome lands in the run's
 record.json, which the sweep reads afterwards (study.cells.settle).
+
+With --jobs N on a machine with GPUs each job claims its own GPU (study.gpus). A submitit job with
+hydra.launcher.tasks_per_node=W (x nodes) trains its cell as a W-process DDP run
+(normbench.cluster); the sweep plans such cells with that world size (job_processes), so it reads
+their records where the jobs write them.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import json
 import logging
 import os
 import sys
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
@@ -33,6 +40,7 @@ from ..files import atomic_write_bytes
 from ..plugins import load_worker_plugins, worker_plugins
 from ..records import RunRecord, Status
 from .cells import Outcome, PlannedRun, release_memory, reset_state, settle
+from .gpus import GpuSlots, claimed_gpu, plan_gpu_slots
 from .grid import bare_key, key_of
 
 LOG = logging.getLogger(__name__)
@@ -97,17 +105,30 @@ def launcher_settings(name: str, jobs: int, sweep_dir: Path) -> list[str]:
 
 def check_launcher(
     name: str, hydra_overrides: list[str], first_cell: list[str], user_config_dir: str | None
-) -> None:
+) -> DictConfig:
     """Compose once with the launcher settings so that a missing plugin or a bad launcher key is one
-    clear line before anything starts."""
+    clear line before anything starts; returns the composed `hydra.launcher` node."""
     try:
-        compose_with_hydra(first_cell + hydra_overrides, user_config_dir)
+        return compose_with_hydra(first_cell + hydra_overrides, user_config_dir).hydra.launcher
     except UserError as error:
         message = str(error)
         hint = next((fix for key, fix in LAUNCHER_EXTRA.items() if key in name), None)
         if message.startswith("unknown hydra/launcher") and hint:
             message += f"; the {name} launcher needs: {hint}"
         raise UserError(message) from None
+
+
+def job_processes(
+    hydra_overrides: list[str], first_cell: list[str], user_config_dir: str | None
+) -> int:
+    """The processes each launched job trains its cell with: a submitit launcher's tasks_per_node x
+    nodes (one DDP run over a job's tasks, normbench.cluster), else 1. The sweep plans its cells
+    with it (distributed.planned_world_size), so their run keys (`-w<W>`) are the jobs' own."""
+    name = named_launcher(hydra_overrides)
+    if name is None or "submitit" not in name:
+        return 1
+    launcher = check_launcher(name, hydra_overrides, first_cell, user_config_dir)
+    return int(launcher.get("tasks_per_node") or 1) * int(launcher.get("nodes") or 1)
 
 
 def run_launched(
@@ -118,9 +139,11 @@ def run_launched(
     jobs: int,
     sweep_dir: Path,
     user_config_dir: str | None,
+    jobs_per_gpu: int = 1,
 ) -> None:
     """The cells not done yet through Hydra's multirun and the chosen launcher, then every cell's
-    outcome from its run record. `given`: the sweep's overrides as typed."""
+    outcome from its run record. `given`: the sweep's overrides as typed; `jobs_per_gpu`: how many
+    local jobs may share a GPU (study.gpus)."""
     done_before = {cell.run_dir for cell in cells if _is_final(RunRecord.load(cell.run_dir))}
     todo = [index for index, cell in enumerate(cells) if cell.run_dir not in done_before]
     LOG.info(
@@ -135,6 +158,10 @@ def run_launched(
         if not any(key == "log" or key.startswith("log.progress") for key in keys):
             # N interleaved progress bars are noise; each job prints its end
             extra.append("log.progress=none")
+        gpus = None
+        if launcher == "joblib":
+            devices = [str(cells[index].cfg.device) for index in todo]
+            gpus = plan_gpu_slots(devices, jobs, jobs_per_gpu, sweep_dir / "launcher" / "gpus")
         launch(
             {index: cells[index].overrides + extra for index in todo},
             hydra_overrides,
@@ -142,6 +169,7 @@ def run_launched(
             jobs,
             sweep_dir,
             user_config_dir,
+            gpus,
         )
     for cell in cells:
         settle(cell, RunRecord.load(cell.run_dir), cell.run_dir in done_before)
@@ -158,16 +186,19 @@ def launch(
     jobs: int,
     sweep_dir: Path,
     user_config_dir: str | None,
+    gpus: GpuSlots | None = None,
 ) -> None:
     """Run the cells {index: overrides} (those not done yet) as Hydra jobs with the chosen launcher;
     returns when every job ended. Hydra sweeps only `+normbench_cell=<i>,<j>,...`: each job composes
     its cell from the table written here with normbench's own compose, so a job trains exactly the
-    config that `study.cells.prepare` validated, and completed cells never become jobs."""
+    config that `study.cells.prepare` validated, and completed cells never become jobs. `gpus`: the
+    GPU slots each job claims one of (None: every job trains on its config's device)."""
     table = sweep_dir / "launcher" / "cells.json"
     payload = {
         "user_config_dir": user_config_dir,
         "plugins": worker_plugins(),  # a job registers the same plugin norms first
         "cells": {str(i): c for i, c in cells.items()},
+        "gpus": asdict(gpus) if gpus else None,
     }
     atomic_write_bytes(table, json.dumps(payload, indent=1).encode())
     argv = [
@@ -221,16 +252,13 @@ def sweep_job(cfg: DictConfig) -> dict[str, Any]:
         table = json.loads(Path(cfg[TABLE_KEY]).read_text())
         overrides = table["cells"][str(cfg[CELL_KEY])]
         label = " ".join(overrides)
-        user_config_dir = table["user_config_dir"]
         load_worker_plugins(table.get("plugins"))
-        cell, choices = compose(overrides, user_config_dir, with_choices=True)
+        composed = compose(overrides, table["user_config_dir"], with_choices=True)
+        cell, choices = cast(tuple[DictConfig, dict[str, str]], composed)
         if threads:
             torch.set_num_threads(threads)
-        reset_state(int(cell.seed))
-        try:
-            result = runner.run(cell, choices, overrides, user_config_dir)
-        finally:  # a worker process may train the next job
-            release_memory()
+        gpus = GpuSlots(**table["gpus"]) if table.get("gpus") else None
+        result = _train_cell(cell, choices, overrides, table["user_config_dir"], gpus)
     except UserError as error:
         LOG.info(f"failed: {label}: {error}")
         return {"status": Status.FAILED.value, "error": str(error)}
@@ -244,3 +272,25 @@ def sweep_job(cfg: DictConfig) -> dict[str, Any]:
         + (f"  test_error {test_error:.2f}%" if isinstance(test_error, float) else "")
     )
     return {"status": status, "run_dir": str(result.run_dir)}
+
+
+def _train_cell(
+    cell: DictConfig,
+    choices: dict[str, str],
+    overrides: list[str],
+    user_config_dir: str | None,
+    gpus: GpuSlots | None,
+) -> runner.RunResult:
+    """Train one composed cell, on a GPU of its own when the sweep shares the GPUs (`gpus`): the
+    config's device becomes cuda:<g> (recorded as the run's device) and torch's current device too,
+    so nothing of this job lands on cuda:0 by default."""
+    reset_state(int(cell.seed))
+    with ExitStack() as held:
+        if gpus is not None:
+            gpu = held.enter_context(claimed_gpu(gpus))
+            cell.device = f"cuda:{gpu}"
+            torch.cuda.set_device(gpu)
+        try:
+            return runner.run(cell, choices, overrides, user_config_dir)
+        finally:  # a worker process may train the next job
+            release_memory()

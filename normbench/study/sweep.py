@@ -10,6 +10,7 @@ test_error_at_best_val, test_error_precise and test_error_batch that every compl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,17 +18,25 @@ from pathlib import Path
 
 import yaml
 
-from ..distributed import is_main, launched
+from ..distributed import is_main, launched, planned_world_size
 from ..errors import UserError
 from .cells import Outcome, PlannedRun, prepare, train_here
 from .formats import render, write_text
-from .grid import Grid, bare_key, default_name, expand, sanitize
-from .launch import check_launcher, is_hydra_override, launcher_name, named_launcher, run_launched
+from .gpus import check_jobs_per_gpu
+from .grid import Grid, bare_key, expand, sanitize, sweep_name
+from .launch import (
+    check_launcher,
+    is_hydra_override,
+    job_processes,
+    launcher_name,
+    named_launcher,
+    run_launched,
+)
 from .metrics import check_known, parse_metrics, sweep_metrics
+from .run_records import SWEEP_FILE, read_sweep_file
 from .tables import build_table, load_runs, table_axes
 
 LOG = logging.getLogger(__name__)
-SWEEP_FILE = "sweep.yaml"
 TABLE_FILES = {"md": "table.md", "latex": "table.tex", "csv": "table.csv"}
 COUNTED = (Outcome.COMPLETED, Outcome.SKIPPED, Outcome.DIVERGED, Outcome.FAILED, Outcome.BUSY)
 
@@ -57,6 +66,7 @@ def run_sweep(
     user_config_dir: str | None = None,
     jobs: int = 1,
     metric: str | None = None,
+    jobs_per_gpu: int = 1,
 ) -> SweepResult:
     """Plan the whole grid, run each cell (skipping completed ones), then write the sweep folder.
 
@@ -64,8 +74,52 @@ def run_sweep(
     1, or the one named by a `hydra/launcher=...` override (submitit_slurm, submitit_local).
     KeyboardInterrupt propagates (completed cells stay done; rerunning resumes). Under torchrun
     every rank trains each cell; rank 0 reports (normbench.log) and writes the sweep folder.
-    `metric`: the table's metric(s), a comma list (default: sweep_metrics).
+    `metric`: the table's metric(s), a comma list (default: sweep_metrics). `jobs_per_gpu`: how
+    many of the `jobs` local jobs may share a GPU (study.gpus).
     """
+    metrics = _checked_options(overrides, jobs, metric)
+    hydra_overrides = [text for text in overrides if is_hydra_override(text)]
+    grid = expand([text for text in overrides if not is_hydra_override(text)], user_config_dir)
+    launcher = launcher_name(hydra_overrides, jobs)
+    check_jobs_per_gpu(jobs_per_gpu, launcher)
+    # a submitit job of W tasks trains its cell as one W-process run, named -w<W>
+    with planned_world_size(job_processes(hydra_overrides, grid.cells[0], user_config_dir)):
+        cells = prepare(grid, user_config_dir)
+    out = Path(cells[0].cfg.out).expanduser()
+    name = folder_name(name, grid, cells, out / "sweeps")
+    result = SweepResult(name, out / "sweeps" / name, cells, metrics)
+    if launcher is None:
+        if hydra_overrides:
+            raise UserError(
+                f"{hydra_overrides[0]!r}: Hydra settings apply to launched sweeps only; add "
+                f"--jobs N or hydra/launcher=submitit_slurm, or drop it"
+            )
+        store_grid(result, grid, user_config_dir)
+        _run_here(cells)
+    else:
+        if named_launcher(hydra_overrides) is None:  # --jobs N alone: Hydra's joblib launcher
+            hydra_overrides.append(f"hydra/launcher={launcher}")
+        check_launcher(launcher, hydra_overrides, cells[0].overrides, user_config_dir)
+        store_grid(result, grid, user_config_dir)
+        run_launched(
+            cells,
+            grid.overrides,
+            hydra_overrides,
+            launcher,
+            jobs,
+            result.sweep_dir,
+            user_config_dir,
+            jobs_per_gpu,
+        )
+    for cell in cells:
+        result.counts[cell.outcome] = result.counts.get(cell.outcome, 0) + 1
+    if is_main():  # torchrun: rank 0 writes the sweep folder
+        write_outputs(result, grid, user_config_dir)
+    return result
+
+
+def _checked_options(overrides: list[str], jobs: int, metric: str | None) -> list[str] | None:
+    """The table's metrics (None: the default), once --jobs and --metric are checked."""
     if launched() and (jobs > 1 or named_launcher(overrides)):
         raise UserError(
             "under torchrun every process trains every cell together (DDP); --jobs and Hydra "
@@ -76,38 +130,60 @@ def run_sweep(
     metrics = None if metric is None else parse_metrics(metric)
     if metrics is not None:  # the runs are written by this version: they hold known metrics only
         check_known(metrics)
-    hydra_overrides = [text for text in overrides if is_hydra_override(text)]
-    grid = expand([text for text in overrides if not is_hydra_override(text)], user_config_dir)
-    name = sanitize(name) if name else default_name(grid)
-    cells = prepare(grid, user_config_dir)
-    out = Path(cells[0].cfg.out).expanduser()
-    result = SweepResult(name, out / "sweeps" / name, cells, metrics)
-    launcher = launcher_name(hydra_overrides, jobs)
-    if launcher is None:
-        if hydra_overrides:
+    return metrics
+
+
+def folder_name(name: str | None, grid: Grid, cells: list[PlannedRun], sweeps: Path) -> str:
+    """The sweep folder's name (choose_folder), said on the terminal."""
+    chosen, left_out = choose_folder(name, grid, cells, sweeps)
+    omitted = f" (not in the name: {', '.join(left_out)})" if left_out else ""
+    LOG.info(f"sweep {chosen}{omitted}: {len(cells)} cells -> {sweeps / chosen}")
+    return chosen
+
+
+def choose_folder(
+    name: str | None, grid: Grid, cells: list[PlannedRun], sweeps: Path
+) -> tuple[str, tuple[str, ...]]:
+    """The sweep folder's name and the overrides the name leaves out. A folder of that name that
+    holds another grid (other run keys) is never reused: a --name is a UserError; an automatic name
+    gets a hash of this grid's run keys added (the same on every rerun, which then resumes)."""
+    keys = {cell.run_key for cell in cells}
+    if name:
+        chosen, left_out = sanitize(name), ()
+        other = _other_grid(sweeps / chosen, keys)
+        if other is not None:
             raise UserError(
-                f"{hydra_overrides[0]!r}: Hydra settings apply to launched sweeps only; add "
-                f"--jobs N or hydra/launcher=submitit_slurm, or drop it"
+                f"--name {name}: {sweeps / chosen} holds another sweep ({other}); give another "
+                "--name, or remove that folder first"
             )
-        _run_here(cells)
     else:
-        if named_launcher(hydra_overrides) is None:  # --jobs N alone: Hydra's joblib launcher
-            hydra_overrides.append(f"hydra/launcher={launcher}")
-        check_launcher(launcher, hydra_overrides, cells[0].overrides, user_config_dir)
-        run_launched(
-            cells,
-            grid.overrides,
-            hydra_overrides,
-            launcher,
-            jobs,
-            result.sweep_dir,
-            user_config_dir,
-        )
-    for cell in cells:
-        result.counts[cell.outcome] = result.counts.get(cell.outcome, 0) + 1
-    if is_main():  # torchrun: rank 0 writes the sweep folder
-        write_outputs(result, grid, user_config_dir)
-    return result
+        automatic = sweep_name(grid)
+        chosen, left_out = automatic.name, automatic.left_out
+        if _other_grid(sweeps / chosen, keys) is not None:
+            digest = hashlib.sha1(" ".join(sorted(keys)).encode()).hexdigest()[:8]
+            chosen = f"{chosen}_{digest}"
+            if _other_grid(sweeps / chosen, keys) is not None:
+                raise UserError(f"{sweeps / chosen} holds another sweep; give --name NAME")
+    return chosen, tuple(left_out)
+
+
+def _other_grid(folder: Path, keys: set[str]) -> str | None:
+    """The overrides of the sweep stored in `folder` when its run keys are not `keys`; None when
+    the folder holds no sweep yet, or this one."""
+    if not (folder / SWEEP_FILE).is_file():
+        return None
+    stored = read_sweep_file(folder)
+    cells = stored.get("cells") or []
+    if {str(cell.get("run_key")) for cell in cells if isinstance(cell, dict)} == keys:
+        return None
+    return " ".join(map(str, stored.get("overrides") or [])) or "another grid"
+
+
+def store_grid(result: SweepResult, grid: Grid, user_config_dir: str | None) -> None:
+    """Write sweep.yaml (every cell pending) before anything trains, unless it is there already: an
+    interrupted sweep's folder then says which grid it holds. Under torchrun rank 0 writes."""
+    if is_main() and not (result.sweep_dir / SWEEP_FILE).is_file():
+        _write_summary(result, grid, user_config_dir)
 
 
 def _run_here(cells: list[PlannedRun]) -> None:
@@ -123,8 +199,7 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
     sweep's run records. A table or figure that cannot be made (e.g. a non-numeric column) is noted,
     not fatal."""
     folder = result.sweep_dir
-    summary = _summary(result, grid, user_config_dir)
-    write_text(folder / SWEEP_FILE, yaml.safe_dump(summary, sort_keys=False, allow_unicode=True))
+    _write_summary(result, grid, user_config_dir)
     try:
         # exactly the cells sweep.yaml lists, as `normbench table <folder>` reads them
         runs = load_runs(folder)
@@ -149,6 +224,14 @@ def write_outputs(result: SweepResult, grid: Grid, user_config_dir: str | None) 
         result.notes.append(f"no figure: {error}")
         return
     save_png(figure, folder / DEFAULT_NAME)
+
+
+def _write_summary(result: SweepResult, grid: Grid, user_config_dir: str | None) -> None:
+    summary = _summary(result, grid, user_config_dir)
+    write_text(
+        result.sweep_dir / SWEEP_FILE,
+        yaml.safe_dump(summary, sort_keys=False, allow_unicode=True),
+    )
 
 
 def _summary(result: SweepResult, grid: Grid, user_config_dir: str | None) -> dict:

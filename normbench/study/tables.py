@@ -1,46 +1,31 @@
 """Run records -> paper-style tables like Table 2 of the GroupNorm paper (as text: study.formats).
 
-Every number comes from a `record.json` found (recursively) under the folder given. Completed runs
-are averaged over seeds; diverged runs are counted and shown as such; running/failed/interrupted
-runs are never averaged (listed under the table). Unreadable records are skipped with a warning on
-stderr.
+Every number comes from a `record.json` found (recursively) under the folder given (study.
+run_records), optionally filtered with `--where` (study.where). Completed runs are averaged over
+seeds; diverged runs are counted and shown as such; running/failed/interrupted runs are never
+averaged and never make a cell "mixed" (listed under the table, counted in the caption).
+Unreadable records are skipped with a warning on stderr.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from ..config import ADDED_KEYS, changes_results, flatten, with_added_keys
+from ..config import changes_results, flatten, with_added_keys
 from ..errors import UserError
-from ..records import RECORD_FILE, NotARunRecord, RunRecord, Status, sanity_warnings
+from ..records import Status, sanity_warnings
+from ..values import is_number
 from .metrics import HIGHER, NEITHER, check_held, metric_info, parse_metrics, sweep_metrics
+from .run_records import SWEEP_FILE, Run, load_runs, warn
+from .where import Where, describe, select
 
-GROUP_KEYS = ("norm", "backbone", "data", "optim")  # `norm` means `norm.name`, and so on
 MISSING, DIVERGED, FAILED = "–", "div", "failed"
 BASELINE = "bn"
-
-
-@dataclass
-class Run:
-    """One run record found on disk."""
-
-    path: Path  # the record.json
-    record: RunRecord
-
-    @property
-    def status(self) -> Status:
-        return self.record.status
-
-    def get(self, key: str) -> Any:
-        value = config_value(self.record.config, key)
-        return ADDED_KEYS.get(key) if value is None else value  # an older record lacks the key
 
 
 @dataclass
@@ -69,6 +54,31 @@ class TableCell:
         return float(pd.Series(self.values).std(ddof=1)) if self.n >= 2 else None
 
 
+@dataclass(frozen=True)
+class CellCost:
+    """What the runs a cell averages cost: mean images/s, the largest peak memory (MB) and how it
+    was measured (`timing.peak_memory_kind`, "/"-joined if the runs differ; None in older
+    records)."""
+
+    images_per_second: float | None = None
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str | None = None
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> CellCost:
+        timing = [run.record.timing or {} for run in runs]
+        ips = [
+            float(t["images_per_second"]) for t in timing if is_number(t.get("images_per_second"))
+        ]
+        mem = [float(t["peak_memory_mb"]) for t in timing if is_number(t.get("peak_memory_mb"))]
+        kinds = sorted({str(t["peak_memory_kind"]) for t in timing if t.get("peak_memory_kind")})
+        return cls(
+            sum(ips) / len(ips) if ips else None,
+            max(mem) if mem else None,
+            "/".join(kinds) or None,
+        )
+
+
 @dataclass
 class Table:
     """Rows x columns of runs, one TableCell per metric in each (`metrics`: one sub-row each)."""
@@ -79,9 +89,10 @@ class Table:
     rows: list[Any]
     cols: list[Any]
     cells_by_metric: dict[str, dict[tuple[Any, Any], TableCell]]
-    cost: dict[Any, tuple[float | None, float | None]]  # row -> (mean images/s, max peak memory MB)
-    not_counted: list[tuple[Path, str]]  # running / failed / interrupted records
+    cost: dict[tuple[Any, Any], CellCost]  # (row, col) -> the cell's cost (its averaged runs)
+    not_counted: list[tuple[Path, str]]  # running / failed / interrupted records: never averaged
     n_runs: int
+    where: str = ""  # the --where filters the runs were selected with, as a caption says them
 
     @property
     def metric(self) -> str:
@@ -128,85 +139,13 @@ class Table:
         cells = self.cells_by_metric[metric or self.metric].values()
         return len({c.n for c in cells if c.n}) > 1
 
+    def cost_of(self, row: Any, col: Any) -> CellCost:
+        return self.cost.get((row, col), CellCost())
+
     @property
     def flagged(self) -> bool:
         """True when some cell holds a run with a sanity warning."""
         return any(c.flagged for cells in self.cells_by_metric.values() for c in cells.values())
-
-
-def config_value(config: dict[str, Any], key: str) -> Any:
-    """`batch`, `norm.groups`, or a group name (`norm` -> `norm.name`); None when the record lacks
-    it."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, dict):
-        return node.get("name")
-    return node
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def _cell_record(sweep_dir: Path, cell: dict) -> Path:
-    """A sweep cell's record: in the runs folder beside the sweep (<out>/sweeps/<name> ->
-    <out>/runs/<key>), so that an out folder moved or copied elsewhere (e.g. committed results)
-    still reads; else where it was run."""
-    beside = sweep_dir.parent.parent / "runs" / str(cell["run_key"]) / RECORD_FILE
-    return beside if beside.is_file() else Path(cell["run_dir"]) / RECORD_FILE
-
-
-def _record_files(root: Path) -> list[Path]:
-    """A sweep folder (with sweep.yaml) names its cells' run dirs; any other folder is searched
-    recursively."""
-    sweep_file = root / "sweep.yaml"
-    if root.is_dir() and sweep_file.is_file():
-        try:
-            cells = yaml.safe_load(sweep_file.read_text()).get("cells", [])
-            return [_cell_record(root, cell) for cell in cells]
-        except (OSError, ValueError, AttributeError, KeyError, TypeError, yaml.YAMLError) as error:
-            raise UserError(
-                f"{sweep_file} is unreadable ({type(error).__name__}); point at the sweep's out "
-                "folder instead (e.g. <out>/runs)"
-            ) from None
-    if root.is_file() and root.name == RECORD_FILE:
-        return [root]
-    return sorted(root.rglob(RECORD_FILE))
-
-
-def load_runs(path: Path | str) -> list[Run]:
-    """Every readable record.json under PATH (searched recursively), or of the cells a sweep
-    folder's sweep.yaml lists; unreadable ones are skipped with one warning line each. No records at
-    all -> UserError."""
-    root = Path(path)
-    if not root.exists():
-        raise UserError(
-            f"{root} does not exist; give a sweep folder or any folder containing run dirs"
-        )
-    runs = [run for run in map(_read_run, _record_files(root)) if run is not None]
-    if not runs:
-        raise UserError(
-            f"no readable run records ({RECORD_FILE}) under {root}; run `normbench run` or "
-            f"`normbench sweep` first, or point at their out folder"
-        )
-    return runs
-
-
-def _read_run(file: Path) -> Run | None:
-    """The run of one record.json, or None after one warning line saying why it is skipped."""
-    try:
-        return Run(file, RunRecord.read(file))
-    except NotARunRecord:
-        warn(f"skipping {file}: not a run record (no status or config)")
-    except (OSError, ValueError) as error:  # missing, truncated or not JSON
-        warn(
-            f"skipping unreadable {file}: {type(error).__name__}: "
-            f"{str(error).splitlines()[0][:120]}"
-        )
-    return None
 
 
 def _metric_of(run: Run, metric: str) -> float | None:
@@ -270,45 +209,58 @@ def build_table(
     rows: str = "norm",
     cols: str = "batch",
     runs: list[Run] | None = None,
+    where: list[Where] | None = None,
 ) -> Table:
     """The table of the runs under PATH (or `runs`): `metric` is one metric a record holds or a
     comma list of them (one sub-row each); None: those of a sweep's own table for a sweep folder
-    (metrics.sweep_metrics), else test_error. Rows and columns are config keys."""
+    (metrics.sweep_metrics), else test_error. Rows and columns are config keys; `where`: only the
+    runs these filters hold for (study.where)."""
     metrics = None if metric is None else parse_metrics(metric)
     if rows == cols:
         raise UserError(f"--rows and --cols are both {rows!r}; choose two different config keys")
-    runs = load_runs(path) if runs is None else runs
+    runs = select(load_runs(path) if runs is None else runs, where or [])
     if metrics is None:
-        metrics = sweep_metrics(runs) if (Path(path) / "sweep.yaml").is_file() else ["test_error"]
+        metrics = sweep_metrics(runs) if (Path(path) / SWEEP_FILE).is_file() else ["test_error"]
     check_held(metrics, runs, path)
     groups = _group(runs, rows, cols, path)
     cells: dict[str, dict[tuple[Any, Any], TableCell]] = {name: {} for name in metrics}
-    not_counted: list[tuple[Path, str]] = []
-    cost_runs: dict[Any, list[Run]] = {}
+    cost: dict[tuple[Any, Any], CellCost] = {}
     flagged = {
         run.path for run in runs if run.status is Status.COMPLETED and sanity_warnings(run.record)
     }
     for (r, c), members in groups.items():
-        _check_cell(members, f"{rows}={r} {cols}={c}")
-        members = sorted(members, key=lambda x: str(x.get("seed")))
+        members = _counted_members(members, f"{rows}={r} {cols}={c}")
         for name in metrics:
             cells[name][(r, c)] = _fill_cell(members, name, flagged)
-        first = cells[metrics[0]][(r, c)]
-        cost_runs.setdefault(r, []).extend(run for run in members if run.path in first.sources)
-        not_counted += [(run.path, run.status.value) for run in members if not run.status.final]
-    row_values = _order({r for r, _ in groups}, rows)
-    cost = {r: _cost(cost_runs.get(r, [])) for r in row_values}
+        sources = set(cells[metrics[0]][(r, c)].sources)
+        cost[(r, c)] = CellCost.of([run for run in members if run.path in sources])
     return Table(
         rows,
         cols,
         metrics,
-        row_values,
+        _order({r for r, _ in groups}, rows),
         _order({c for _, c in groups}, cols),
         cells,
         cost,
-        sorted(not_counted),
+        sorted((run.path, run.status.value) for run in runs if not run.status.final),
         len(runs),
+        describe(where or []),
     )
+
+
+def _counted_members(members: list[Run], where: str) -> list[Run]:
+    """The runs a cell counts, by seed: its final runs (completed, diverged), which must agree on
+    every setting; and its unfinished ones (running, interrupted, failed) that agree with them.
+    An unfinished run never enters the check: a leftover of another config (e.g. an interrupted run
+    with another data.train_size) is only listed under the table, as every unfinished run is."""
+    final = [run for run in members if run.status.final]
+    if final:
+        _check_cell(final, where)
+        identity = _identity(final[0])
+        members = final + [
+            run for run in members if not run.status.final and _identity(run) == identity
+        ]
+    return sorted(members, key=lambda x: str(x.get("seed")))
 
 
 def _group(runs: list[Run], rows: str, cols: str, path: Path | str) -> dict[tuple, list[Run]]:
@@ -357,22 +309,6 @@ def _lacks(run: Run, metric: str) -> bool:
     written before the metric existed, or the metric does not apply (val without a val split)."""
     metrics = run.record.metrics or {}
     return metrics.get(metric) is None and _metric_of(run, "test_error") is not None
-
-
-def _cost(runs: list[Run]) -> tuple[float | None, float | None]:
-    """(mean images/s, max peak memory MB) of a row's completed runs."""
-    timing = [run.record.timing or {} for run in runs]
-    ips = [
-        float(t["images_per_second"])
-        for t in timing
-        if isinstance(t.get("images_per_second"), (int, float))
-    ]
-    mem = [
-        float(t["peak_memory_mb"])
-        for t in timing
-        if isinstance(t.get("peak_memory_mb"), (int, float))
-    ]
-    return (sum(ips) / len(ips) if ips else None, max(mem) if mem else None)
 
 
 def table_axes(keys: list[str]) -> tuple[str, str]:

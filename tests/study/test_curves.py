@@ -172,7 +172,8 @@ def test_seed_mean_and_min_max_band_and_figure_lines(grid):
     ]
     assert "train loss" in top[0].get_ylabel() and "(%)" in bottom[0].get_ylabel()
     assert bottom[0].get_xlabel() == "epoch"
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bn", "gn"]
+    # the legend uses paper names (issue 16); the lines keep the table's row values as labels
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["BN", "GN"]
     assert "mean over 1–2 seed(s)" in fig.get_suptitle()  # uneven seed counts are said
 
     swapped = curves_figure(grid, rows="batch", cols="norm")  # panels per norm, lines per batch

@@ -183,18 +183,20 @@ def test_several_metrics_markdown_one_sub_row_each_best_per_column_and_metric(tm
         "batch statistics (%) (one sub-row each)"
     )
     assert "best per column and metric in bold" in caption
+    cost_header = [f"{what} (batch={b})" for what in ("images/s", "peak MB") for b in (32, 2)]
+    blank = [""] * 4
     assert md_rows(text) == [
-        ["norm \\ batch", "metric", "32", "2", "images/s", "peak MB"],
-        ["---", "---", "---", "---", "---", "---"],
-        ["bn", "test_error", "**20.00**", "35.00", "100", "10"],
-        ["", "test_error_precise", "**18.00**", "**18.00**", "", ""],
-        ["", "test_error_batch", "**30.00**", "34.00", "", ""],
-        ["gn", "test_error", "22.00", "**23.00**", "100", "10"],
-        ["", "test_error_precise", "20.00", "21.00", "", ""],
-        ["", "test_error_batch", "32.00", "**33.00**", "", ""],
-        ["Δ gn−bn", "test_error", "+2.00", "-12.00", "", ""],
-        ["", "test_error_precise", "+2.00", "+3.00", "", ""],
-        ["", "test_error_batch", "+2.00", "-1.00", "", ""],
+        ["norm \\ batch", "metric", "32", "2", *cost_header],
+        ["---"] * 8,
+        ["bn", "test_error", "**20.00**", "35.00", "100", "100", "10", "10"],
+        ["", "test_error_precise", "**18.00**", "**18.00**", *blank],
+        ["", "test_error_batch", "**30.00**", "34.00", *blank],
+        ["gn", "test_error", "22.00", "**23.00**", "100", "100", "10", "10"],
+        ["", "test_error_precise", "20.00", "21.00", *blank],
+        ["", "test_error_batch", "32.00", "**33.00**", *blank],
+        ["Δ gn−bn", "test_error", "+2.00", "-12.00", *blank],
+        ["", "test_error_precise", "+2.00", "+3.00", *blank],
+        ["", "test_error_batch", "+2.00", "-1.00", *blank],
     ]
 
 

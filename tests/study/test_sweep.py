@@ -268,7 +268,11 @@ def test_interrupt_stops_the_sweep_with_exit_130(normbench, tmp_path, monkeypatc
     result = _sweep(normbench, tmp_path / "out", "norm=bn,gn")
     assert result.code == 130
     assert "rerun the same sweep command to resume" in result.err
-    assert not (tmp_path / "out" / "sweeps").exists()
+    # the grid was stored before the first cell (so a later sweep can tell it is another one)
+    folder = tmp_path / "out" / "sweeps" / "norm-bn,gn"
+    assert [p.name for p in folder.iterdir()] == ["sweep.yaml"]
+    cells = yaml.safe_load((folder / "sweep.yaml").read_text())["cells"]
+    assert [cell["outcome"] for cell in cells] == ["pending", "pending"]
 
 
 def test_a_bad_value_in_the_grid_fails_up_front(normbench, tmp_path):

@@ -15,7 +15,7 @@ from conftest import TINY
 from normbench.errors import UserError
 from normbench.study.figures import make_figure
 from normbench.study.formats import to_csv, to_latex, to_markdown
-from normbench.study.tables import build_table
+from normbench.study.tables import CellCost, build_table
 
 BASE_CONFIG = {"backbone": {"name": "lenet"}, "data": {"name": "synthetic"}, "accum": 1, "lr": 0.1}
 
@@ -128,13 +128,39 @@ def test_diverged_failed_and_unfinished_are_never_averaged(tmp_path):
     assert "not counted (failed)" in text and "not counted (running)" in text
 
 
-def test_cost_columns(tmp_path):
+def test_cost_columns_per_cell(tmp_path):
+    # per cell, not per row: a row's batch sizes differ, so their images/s must not be averaged
     table = build_table(grid(tmp_path))
-    assert table.cost["bn"] == (pytest.approx(165.0), 70.0)  # mean images/s, max peak memory
-    assert table.cost["gn"] == (pytest.approx(110.0), 80.0)
+    assert table.cost_of("bn", 32) == CellCost(300.0, 70.0)  # mean images/s, largest peak memory
+    assert table.cost_of("bn", 2) == CellCost(30.0, 6.0)
+    assert table.cost_of("gn", 2) == CellCost(20.0, 8.0)
     rows = md_rows(to_markdown(table, cost=True))
-    assert rows["norm \\ batch"] == ["32", "2", "images/s", "peak MB"]
-    assert rows["bn"][2:] == ["165", "70"] and rows["gn"][2:] == ["110", "80"]
+    assert rows["norm \\ batch"] == [
+        "32",
+        "2",
+        "images/s (batch=32)",
+        "images/s (batch=2)",
+        "peak MB (batch=32)",
+        "peak MB (batch=2)",
+    ]
+    assert rows["bn"][2:] == ["300", "30", "70", "6"] and rows["gn"][2:] == ["200", "20", "80", "8"]
+    assert rows["Δ gn−bn"][2:] == [""] * 4
+
+
+def test_cost_shows_how_peak_memory_was_measured(tmp_path):
+    for seed, kind in ((0, "rss_delta"), (1, "rss_delta")):
+        run_dir = write_record(tmp_path, "bn", 8, seed, 20.0 + seed, mem=30.0 + seed)
+        record = json.loads((run_dir / "record.json").read_text())
+        record["timing"]["peak_memory_kind"] = kind
+        (run_dir / "record.json").write_text(json.dumps(record))
+    write_record(tmp_path, "bn", 4, 0, 25.0, mem=12.0)  # an older record: no kind
+    table = build_table(tmp_path)
+    assert table.cost_of("bn", 8) == CellCost(100.0, 31.0, "rss_delta")
+    text = to_markdown(table, cost=True)
+    assert md_rows(text)["bn"][2:] == ["100", "100", "31", "12"]
+    assert "largest peak memory (MB), measured as rss_delta" in text
+    row = list(csv.DictReader(io.StringIO(to_csv(table, cost=True))))[0]
+    assert (row["batch=8 peak_memory_kind"], row["batch=4 peak_memory_kind"]) == ("rss_delta", "")
 
 
 def test_latex_booktabs(tmp_path):
@@ -163,8 +189,8 @@ def test_csv_raw_numbers(tmp_path):
     assert float(gn["batch=2 mean"]) == pytest.approx(24.2)
     assert (bn["batch=2 n"], bn["batch=2 div"]) == ("2", "0")
     assert (
-        float(gn["images_per_second"]) == pytest.approx(110.0)
-        and float(gn["peak_memory_mb"]) == 80.0
+        float(gn["batch=32 images_per_second"]) == pytest.approx(200.0)
+        and float(gn["batch=2 peak_memory_mb"]) == 8.0
     )
     assert len(parsed) == 2  # no Δ row in the raw numbers
 
@@ -246,7 +272,8 @@ def test_plot_figure_and_png(tmp_path, normbench):
     fig = make_figure(build_table(tmp_path))
     ax = fig.axes[0]
     assert len(ax.containers) == 3  # one errorbar line per norm
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bn", "gn", "ln"]
+    # paper names, in a figure legend below the axes (issue 16)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["BN", "GN", "LN"]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["2", "32"]
     assert ax.xaxis_inverted()  # batch shrinks left to right, as in the GN paper's Figure 1
     assert "(%)" in ax.get_ylabel() and "batch" in ax.get_xlabel()
