@@ -342,6 +342,6 @@ def main() -> None:
             raise
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except Preempted as stop:  # SIGTERM/SIGUSR1: checkpoint written, the record says where
+    except Preempted as stop:  # SIGTERM/SIGUSR1/SIGUSR2: checkpoint written, record says where
         typer.echo(stopped_message(stop), err=True)
         sys.exit(PREEMPTED_EXIT)

@@ -89,10 +89,11 @@ class PeakMemory:
 
     - `cuda_max_allocated`: the peak CUDA memory allocated by tensors (normbench.runner.build
       resets it once the run's data and model are on the GPU, so they count);
-    - `rss_delta` (CPU, Linux): the resident set's high-water mark since the meter started minus
-      the resident set then: what training added (activations, gradients, optimizer state), not
-      what earlier runs of the same process (a sweep) left behind; memory the allocator kept from
-      an earlier run and reuses is not counted again;
+    - `rss_run_peak` (CPU, Linux): the resident set's high-water mark since the meter started
+      (the kernel's VmHWM, reset through /proc/self/clear_refs at the start): this run's own peak,
+      not that of earlier runs of the same process (a sweep); it includes the interpreter, torch and
+      the data, which a difference from the start would leave out but which could then read 0 MB
+      when the allocator reuses memory an earlier run freed;
     - `rss_process_peak` (CPU elsewhere): the process's lifetime peak resident set.
 
     The high-water mark is the process's: one meter at a time (runs of a process are sequential).
@@ -104,17 +105,16 @@ class PeakMemory:
             self.kind = "cuda_max_allocated"
             return
         try:
-            self._baseline_kib = _proc_status_kib("VmRSS")
             CLEAR_REFS.write_text("5")
-            self.kind = "rss_delta"
+            self.kind = "rss_run_peak"
         except (OSError, ValueError):  # not Linux, or /proc not writable
             self.kind = "rss_process_peak"
 
     def mb(self) -> float:
         if self.kind == "cuda_max_allocated":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        if self.kind == "rss_delta":
-            return max(_proc_status_kib("VmHWM") - self._baseline_kib, 0) / 1024
+        if self.kind == "rss_run_peak":
+            return _proc_status_kib("VmHWM") / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

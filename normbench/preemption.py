@@ -1,13 +1,15 @@
-"""SIGTERM and SIGUSR1 (what SLURM sends before it preempts a job or ends it at its time limit,
-`--signal=USR1@90`): the run finishes its optimizer step, writes a checkpoint, records where it
-stopped and the process exits with PREEMPTED_EXIT.
+"""SIGTERM, SIGUSR1 and SIGUSR2 (what SLURM sends before it preempts a job or ends it at its time
+limit: `--signal=USR1@90`; submitit >= 1.5 asks for USR2, or $SUBMITIT_PREEMPT_SIGNAL): the run
+finishes its optimizer step, writes a checkpoint, records where it stopped and the process exits
+with PREEMPTED_EXIT.
 
 The handler only sets a flag (StopRequest); the epoch loop reads it after each step (normbench.
 midepoch), so a second signal while the checkpoint is written changes nothing, and every file is
-written atomically. Handlers installed before ours (submitit's SIGUSR1 handler, which requeues the
-job and exits) are chained: once the run has stopped and its files are written, the previous
-handler of the signal that stopped it is called; if it returns, Preempted goes on up and the CLI
-exits with PREEMPTED_EXIT. Torch-free: the CLI imports it at start.
+written atomically. Handlers installed before ours are chained: once the run has stopped and its
+files are written and released, the previous handler of the signal that stopped it is called if it
+is a Python callable (submitit's SIGUSR2 handler requeues the job and exits; its SIGTERM handler
+only logs); if it returns, Preempted goes on up and the CLI exits with PREEMPTED_EXIT. Torch-free:
+the CLI imports it at start.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 # EX_TEMPFAIL (sysexits.h): "temporary failure, retry later": rerun the command to resume
 PREEMPTED_EXIT = 75
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Preempted(BaseException):
@@ -52,7 +54,7 @@ def signal_name(signum: int) -> str:
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGUSR1 while a run trains (watch_signals); read by the epoch loop."""
+    """Set by SIGTERM/SIGUSR1/SIGUSR2 while a run trains (watch_signals); read by the epoch loop."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -72,8 +74,8 @@ Handler = Callable[[int, FrameType | None], Any] | int | None
 
 @contextmanager
 def watch_signals() -> Iterator[StopRequest]:
-    """SIGTERM and SIGUSR1 set the yielded StopRequest while the block runs; the previous handlers
-    come back when it ends (a sweep trains many runs in one process).
+    """SIGTERM, SIGUSR1 and SIGUSR2 set the yielded StopRequest while the block runs; the previous
+    handlers come back when it ends (a sweep trains many runs in one process).
 
     When Preempted leaves the block (the run is stopped, its files written and released), the
     previous handler of its signal is called if it is a Python callable (submitit requeues the job
@@ -109,7 +111,9 @@ def _restore(previous: dict[int, Handler]) -> None:
 def _chain(previous: dict[int, Handler], signum: int | None) -> None:
     """Call the handler that was installed before ours for `signum`, if it is a Python callable
     (SIG_DFL / SIG_IGN are not: then the caller exits with PREEMPTED_EXIT)."""
-    handler = previous.get(signum) if signum is not None else None
+    if signum is None:  # another process of the run got the signal: its handler is its own
+        return
+    handler = previous.get(signum)
     if callable(handler):
         handler(signum, None)
 

@@ -48,8 +48,14 @@ def interrupted_message(plan: RunPlan, force: bool) -> str:
             "interrupted before the first checkpoint: no training was saved, so rerunning the "
             "command starts the run over"
         )
-    epoch = (saved.get("state") or {}).get("epoch", 0)
+    state = saved.get("state") or {}
+    epoch, position = state.get("epoch", 0), state.get("position")
     rerun = "rerun without --force to resume" if force else "rerun the same command to resume"
+    if position:  # a mid-epoch checkpoint (checkpoint.every_minutes / every_steps)
+        return (
+            f"interrupted: {checkpoint} holds epoch {epoch + 1} of {plan.cfg.epochs} up to step "
+            f"{position['done']}; {rerun} at that step"
+        )
     return (
         f"interrupted: {checkpoint} holds epoch {epoch} of {plan.cfg.epochs}; {rerun} after "
         f"epoch {epoch}"

@@ -101,14 +101,14 @@ def test_a_preset_with_every_swept_key_given_dry_runs(normbench):
     assert "devices: 8" in result.out and "SGD batch  16 (batch 2 x devices 8" in result.out
 
 
-def interrupt_after(epochs_saved: int | None):
+def interrupt_after(epochs_saved: int | None, position: dict | None = None):
     """A stand-in for runner.run_planned: saves a checkpoint holding `epochs_saved` epochs (None:
     none), then stops as Ctrl-C does."""
 
     def run_planned(plan, force=False):
         if epochs_saved is not None:
             plan.run_dir.mkdir(parents=True)
-            state = {"epoch": epochs_saved}
+            state = {"epoch": epochs_saved, "position": position}
             save_checkpoint(plan.run_dir / CHECKPOINT, {"identity": {}, "state": state})
         raise KeyboardInterrupt
 
@@ -130,3 +130,12 @@ def test_ctrl_c_after_a_checkpoint_names_the_epoch_it_resumes_after(normbench, m
     assert "holds epoch 1 of 3; rerun the same command to resume after epoch 1" in result.err
     forced = normbench("run", "--force", *QUICK_RUN, "epochs=3", out=result.root / "again")
     assert "rerun without --force to resume after epoch 1" in forced.err
+
+
+def test_ctrl_c_after_a_mid_epoch_checkpoint_names_the_step(normbench, monkeypatch):
+    monkeypatch.setattr(runner, "run_planned", interrupt_after(1, {"done": 7}))
+    result = normbench("run", *QUICK_RUN, "epochs=3")
+    assert result.code == 130
+    assert "holds epoch 2 of 3 up to step 7; rerun the same command to resume at that step" in (
+        result.err
+    )

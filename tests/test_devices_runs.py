@@ -152,11 +152,12 @@ def test_devices_equal_accum_for_norms_without_batch_statistics(name):
             part = slice(4 * chunk, 4 * chunk + 4)
             (torch.nn.functional.cross_entropy(by_accum(x[part]), y[part]) / 4).backward()
         for (key, a), b in zip(by_devices.named_parameters(), by_accum.parameters()):
-            # equal to float rounding (measured: up to 4e-5 of the largest entry): the convs sum
-            # over 16 images at once or 4 x 4
+            # equal to float rounding: the convs sum over 16 images at once or 4 x 4 (measured:
+            # up to 4e-5 of the largest entry with 2 threads, 5.4e-4 for FRN's eps, a sum over
+            # every position, with 1 thread); a wrong statistic would be off by far more
             scale = b.grad.abs().max().item()
             diff = (a.grad - b.grad).abs().max().item()
-            assert diff <= 1e-4 * scale, f"step {step} {key}: {diff} of {scale}"
+            assert diff <= 2e-3 * scale, f"step {step} {key}: {diff} of {scale}"
         with torch.no_grad():
             for model in models:
                 for p in model.parameters():

@@ -9,8 +9,8 @@ import signal
 from types import SimpleNamespace
 
 import pytest
+import test_faults as faults
 import torch
-from test_faults import Child, leftovers, only_record, results, run_child, wait_until
 
 from normbench import runner
 from normbench.config import compose
@@ -30,14 +30,13 @@ RUN = [
     "log.progress=plain",
 ]
 EVERY_8 = "checkpoint.every_steps=8"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # forked children inherit it: bit-identical results across processes
-    yield
-    torch.set_num_threads(threads)
+one_thread = faults.one_thread  # autouse: one torch thread here and in forked children
+Child, results, only_record, leftovers = (
+    faults.Child,
+    faults.results,
+    faults.only_record,
+    faults.leftovers,
+)
 
 
 def train_here(out, *extra: str) -> dict:
@@ -46,7 +45,7 @@ def train_here(out, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, one_thread) -> dict:
+def reference(tmp_path_factory) -> dict:
     """The uninterrupted run's record, without mid-epoch checkpoints."""
     record = train_here(tmp_path_factory.mktemp("reference"))
     assert record["status"] == "completed"
@@ -81,14 +80,14 @@ def test_sigkill_between_two_mid_epoch_checkpoints_resumes_at_the_last_ones_step
         epoch, done = saved_position(out / "runs" / record["run_key"])
         return epoch == 1 and done is not None and done >= 16
 
-    wait_until(past_a_mid_epoch_checkpoint_of_epoch_2, killed)
+    faults.wait_until(past_a_mid_epoch_checkpoint_of_epoch_2, killed)
     killed.signal(signal.SIGKILL)
     assert killed.finish()[0] == -signal.SIGKILL
     (run_dir,) = (out / "runs").iterdir()
     epoch, done = saved_position(run_dir)
     assert done is not None and done % 8 == 0, "the last mid-epoch checkpoint is whole"
 
-    code, _, stderr = run_child(command, logs)
+    code, _, stderr = faults.run_child(command, logs)
     assert code == 0, stderr
     assert f"resuming {run_dir.name} in epoch {epoch + 1} after step {done}" in stderr
     record = only_record(out)
@@ -108,14 +107,14 @@ def test_sigkill_while_writing_a_mid_epoch_checkpoint_resumes_from_the_one_befor
     command = ["run", *RUN, EVERY_8, f"out={out}"]
     # epoch 1 writes 7 mid-epoch checkpoints (steps 8..56) and its epoch checkpoint (8th write);
     # the 11th write is epoch 2's at step 24: killed before its rename, step 16's is kept
-    code, _, stderr = run_child(command, logs, fault="checkpoint.pt:11")
+    code, _, stderr = faults.run_child(command, logs, fault="checkpoint.pt:11")
     assert code == -signal.SIGKILL, stderr
     (run_dir,) = (out / "runs").iterdir()
     (half,) = run_dir.glob(".*.tmp")
     assert half.name.startswith(".checkpoint.pt.")
     assert saved_position(run_dir) == (1, 16)
 
-    code, _, stderr = run_child(command, logs)
+    code, _, stderr = faults.run_child(command, logs)
     assert code == 0, stderr
     assert f"resuming {run_dir.name} in epoch 2 after step 16" in stderr
     record = only_record(out)
@@ -140,9 +139,8 @@ class CountingSession:
 def test_a_data_parallel_run_agrees_on_time_and_signals_only_every_log_every_steps():
     session, stop = CountingSession(), StopRequest()
     cfg = SimpleNamespace(
-        checkpoint=SimpleNamespace(every_minutes=0, every_steps=5), log=SimpleNamespace(
-            every_steps=4
-        )
+        checkpoint=SimpleNamespace(every_minutes=0, every_steps=5),
+        log=SimpleNamespace(every_steps=4),
     )
     checkpoints = MidEpochCheckpoints.from_config(cfg, session, stop)
     decisions = [checkpoints.after_step(done, 20) for done in range(1, 21)]
@@ -160,9 +158,8 @@ def test_time_based_checkpoints_come_after_every_minutes(monkeypatch):
     monkeypatch.setattr("normbench.midepoch.time.monotonic", lambda: clock[0])
     session = SimpleNamespace(world_size=1)
     cfg = SimpleNamespace(
-        checkpoint=SimpleNamespace(every_minutes=10, every_steps=0), log=SimpleNamespace(
-            every_steps=50
-        )
+        checkpoint=SimpleNamespace(every_minutes=10, every_steps=0),
+        log=SimpleNamespace(every_steps=50),
     )
     checkpoints = MidEpochCheckpoints.from_config(cfg, session, StopRequest())
     checkpoints.written()  # e.g. the run's start

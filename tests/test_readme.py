@@ -28,8 +28,8 @@ MARKDOWN = [README, *sorted((ROOT / "docs").glob("*.md"))]
 QUICK_MARK = "<!-- test: quick -->"
 TINY_DATA = (
     "data=synthetic",
-    "data.train_size=512",
-    "data.test_size=128",
+    "data.train_size=256",
+    "data.test_size=64",
     "epochs=1",
     "log.progress=none",
 )

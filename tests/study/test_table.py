@@ -148,19 +148,22 @@ def test_cost_columns_per_cell(tmp_path):
 
 
 def test_cost_shows_how_peak_memory_was_measured(tmp_path):
-    for seed, kind in ((0, "rss_delta"), (1, "rss_delta")):
+    for seed, kind in ((0, "rss_run_peak"), (1, "rss_run_peak")):
         run_dir = write_record(tmp_path, "bn", 8, seed, 20.0 + seed, mem=30.0 + seed)
         record = json.loads((run_dir / "record.json").read_text())
         record["timing"]["peak_memory_kind"] = kind
         (run_dir / "record.json").write_text(json.dumps(record))
     write_record(tmp_path, "bn", 4, 0, 25.0, mem=12.0)  # an older record: no kind
     table = build_table(tmp_path)
-    assert table.cost_of("bn", 8) == CellCost(100.0, 31.0, "rss_delta")
+    assert table.cost_of("bn", 8) == CellCost(100.0, 31.0, "rss_run_peak")
     text = to_markdown(table, cost=True)
     assert md_rows(text)["bn"][2:] == ["100", "100", "31", "12"]
-    assert "largest peak memory (MB), measured as rss_delta" in text
+    assert "largest peak memory (MB), measured as rss_run_peak" in text
     row = list(csv.DictReader(io.StringIO(to_csv(table, cost=True))))[0]
-    assert (row["batch=8 peak_memory_kind"], row["batch=4 peak_memory_kind"]) == ("rss_delta", "")
+    assert (row["batch=8 peak_memory_kind"], row["batch=4 peak_memory_kind"]) == (
+        "rss_run_peak",
+        "",
+    )
 
 
 def test_latex_booktabs(tmp_path):
