@@ -8,6 +8,7 @@ and this module only trains. Only the main process writes the checkpoint and the
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import resource
@@ -105,6 +106,7 @@ class PeakMemory:
             self.kind = "cuda_max_allocated"
             return
         try:
+            _release_freed_memory()  # what an earlier run of this process freed is not this run's
             CLEAR_REFS.write_text("5")
             self.kind = "rss_run_peak"
         except (OSError, ValueError):  # not Linux, or /proc not writable
@@ -116,6 +118,14 @@ class PeakMemory:
         if self.kind == "rss_run_peak":
             return _proc_status_kib("VmHWM") / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _release_freed_memory() -> None:
+    """glibc's malloc_trim: hand freed heap memory back to the kernel (a no-op without glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
