@@ -35,6 +35,7 @@ ADDED_KEYS = {
     "eval.precise_batches": 0,
     "eval.precise_estimator": "population",
     "data.val_size": 0,
+    "backbone.fc_norm": True,
 }
 
 

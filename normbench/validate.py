@@ -168,6 +168,8 @@ def check_backbone_choices(cfg: DictConfig) -> None:
     """The choices the backbone's spec declares (e.g. LeNet's activation and pool), and the init."""
     for key, choices in BACKBONES[cfg.backbone.name].choices.items():
         as_choice(_select(cfg, f"backbone.{key}"), f"backbone.{key}", choices)
+    if "fc_norm" in cfg.backbone:  # LeNet: norms after the hidden fc layers too, or convs only
+        as_bool(_select(cfg, "backbone.fc_norm"), "backbone.fc_norm")
     as_choice(_select(cfg, "backbone.init"), "backbone.init", INITS)
 
 

@@ -31,10 +31,12 @@ class BackboneSpec:
 
 
 def _lenet(options: dict[str, Any], norm_layer: NormChoice, *shape: int) -> nn.Module:
-    """LeNet with backbone.activation and backbone.pool; the builders' common signature."""
+    """LeNet with backbone.activation, backbone.pool and backbone.fc_norm; the builders' common
+    signature."""
     num_classes, in_channels, image_size = shape
     activation, pool = options["activation"], options["pool"]
-    return LeNet(norm_layer, num_classes, in_channels, image_size, activation, pool)
+    fc_norm = options.get("fc_norm", True)
+    return LeNet(norm_layer, num_classes, in_channels, image_size, activation, pool, fc_norm)
 
 
 # Parameter counts in the descriptions are with norm=bn, 10 classes, 3-channel 32 px input (small

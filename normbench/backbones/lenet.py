@@ -1,5 +1,5 @@
 """LeNet-5 as in d2l ("Dive into Deep Learning", LeCun et al. 1998), with a norm after every conv
-and hidden fc."""
+and (unless fc_norm=False) every hidden fc."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ class LeNet(nn.Sequential):
     `num_classes`.
 
     Each hidden layer i is followed by `norm{i}` and then `act{i}` (or by the norm alone when it
-    carries its own activation, e.g. FRN+TLU), so records name layers like "norm1". Works for any
-    square input of at least 12 px.
+    carries its own activation, e.g. FRN+TLU), so records name layers like "norm1". With
+    `fc_norm=False` the hidden fc layers have a bias and the activation alone, so norms follow the
+    convolutions only, as in the GN paper's ResNets (a 2-image BN over an fc feature maps it to ±1).
+    Works for any square input of at least 12 px.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class LeNet(nn.Sequential):
         image_size: int = 28,
         activation: str = "sigmoid",
         pool: str = "avg",
+        fc_norm: bool = True,
     ) -> None:
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; choose one of {sorted(POOLS)}")
@@ -42,6 +45,9 @@ class LeNet(nn.Sequential):
 
         def hidden(index: int, name: str, layer: nn.Module, channels: int, dim: int) -> None:
             layers[name] = layer
+            if dim == 1 and not fc_norm:
+                layers[f"act{index}"] = ACTIVATIONS[activation]()
+                return
             for kind, module in zip(
                 ("norm", "act"), norm_layer.norm_act(channels, activation, dim)
             ):
@@ -52,7 +58,8 @@ class LeNet(nn.Sequential):
         hidden(2, "conv2", nn.Conv2d(6, 16, kernel_size=5, bias=bias), 16, 2)
         layers["pool2"] = POOLS[pool](kernel_size=2, stride=2)
         layers["flatten"] = nn.Flatten()
-        hidden(3, "fc1", nn.Linear(16 * pooled * pooled, 120, bias=bias), 120, 1)
-        hidden(4, "fc2", nn.Linear(120, 84, bias=bias), 84, 1)
+        fc_bias = bias or not fc_norm  # no norm after it: the fc keeps its bias
+        hidden(3, "fc1", nn.Linear(16 * pooled * pooled, 120, bias=fc_bias), 120, 1)
+        hidden(4, "fc2", nn.Linear(120, 84, bias=fc_bias), 84, 1)
         layers["fc3"] = nn.Linear(84, num_classes)
         super().__init__(layers)

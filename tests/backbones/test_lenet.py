@@ -116,3 +116,26 @@ def test_lenet_norms_all_keep_their_activation(norm):
     everywhere."""
     _, choice = build_model(compose([f"norm={norm}"]))
     assert choice.built and all(m.act for m in choice.built)
+
+
+@pytest.mark.parametrize("norm", ["bn", "frn", "cbn", "gn"])
+def test_fc_norm_false_puts_norms_after_the_convolutions_only(norm):
+    """backbone.fc_norm=false (the GN paper's placement): norm1/norm2 after the convs, the hidden
+    fc layers keep their bias and get the activation alone; the model trains a step."""
+    overrides = [f"norm={norm}", "backbone=lenet_relu", "backbone.fc_norm=false"]
+    model, _ = build_model(compose(overrides + (["norm.burnin=0"] if norm == "cbn" else [])))
+    names = dict(model.named_children())
+    assert {"norm1", "norm2"} <= names.keys() and not {"norm3", "norm4"} & names.keys()
+    assert isinstance(names["act3"], nn.ReLU) and isinstance(names["act4"], nn.ReLU)
+    assert names["fc1"].bias is not None and names["fc2"].bias is not None
+    x = torch.randn(4, 1, 28, 28)
+    for _ in range(2):
+        model(x).sum().backward()
+    default, _ = build_model(compose([f"norm={norm}", "backbone=lenet_relu"]))
+    assert {"norm3", "norm4"} <= dict(default.named_children()).keys()
+
+
+def test_fc_norm_takes_a_bool(normbench):
+    result = normbench("run", "data=synthetic", "backbone.fc_norm=maybe")
+    assert result.code == 2 and "backbone.fc_norm" in result.err and "true or false" in result.err
+    assert not (result.root / "runs").exists()
