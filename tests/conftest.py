@@ -11,6 +11,7 @@ import pytest
 
 from normbench import cli
 from normbench.config import compose
+from normbench.data import integrity
 
 # Small enough that a LeNet run takes about a second on 2 CPU cores.
 TINY = [
@@ -81,7 +82,5 @@ def normbench(tmp_path, capsys, monkeypatch):
 def _private_data_check_cache(tmp_path_factory, monkeypatch):
     """Runs in tests record their data-integrity checks in a temporary file, not the user's
     ~/.cache (a session-wide one, so the real data set is checksummed once per test session)."""
-    from normbench.data import integrity
-
     cache = tmp_path_factory.getbasetemp() / "data-checks.json"
     monkeypatch.setattr(integrity, "CACHE_FILE", cache)
