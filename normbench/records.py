@@ -20,12 +20,17 @@ RECORD_FILE = "record.json"
 # took fewer SGD steps than this: it prints a warning and tables mark it instead of bolding it.
 CHANCE_MARGIN = 2.0
 MIN_SGD_STEPS = 100
+# The converged study's criterion (experiment=gn_study): a run's training loss is flat when it
+# changed by less than this (%) over its last FLAT_EPOCHS epochs (metric train_loss_change3).
+FLAT_LOSS_CHANGE = 3.0
+FLAT_EPOCHS = 3
 
 
 def history_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The metrics the epochs done so far give: the last epoch's, the best and the median of the
-    last 5 test errors, and with a validation split the epoch of the lowest validation error
-    (the earliest on ties) and the test error at it."""
+    last 5 test errors, how much the training loss changed over the last FLAT_EPOCHS epochs (%),
+    and with a validation split the epoch of the lowest validation error (the earliest on ties)
+    and the test error at it."""
     if not history:
         return {}
     last = history[-1]
@@ -40,6 +45,10 @@ def history_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
         "test_loss": last["test_loss"],
         "epochs_done": last["epoch"],
     }
+    if len(history) > FLAT_EPOCHS:
+        before = history[-1 - FLAT_EPOCHS]["train_loss"]
+        change = abs(last["train_loss"] - before) / before * 100 if before else math.inf
+        metrics[f"train_loss_change{FLAT_EPOCHS}"] = change
     validated = [entry for entry in history if entry.get("val_error") is not None]
     if validated:
         best = min(validated, key=lambda entry: entry["val_error"])  # min keeps the earliest
@@ -131,6 +140,7 @@ class RunRecord:
         known = {name for name in cls.__dataclass_fields__ if name != "extra"}
         fields = {key: value for key, value in data.items() if key in known}
         fields["status"] = Status(data["status"])  # ValueError for an unknown one
+        _add_derived_metrics(fields)
         return cls(**fields, extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod
@@ -246,6 +256,19 @@ def sanity_warnings(record: RunRecord) -> list[str]:
                 "or lower batch/devices"
             )
     return warnings
+
+
+def _add_derived_metrics(fields: dict[str, Any]) -> None:
+    """A record written before a history-derived metric existed gets it on reading (appended after
+    the metrics it has, which are kept as they are)."""
+    metrics, history = fields.get("metrics"), fields.get("history")
+    if not isinstance(metrics, dict) or not isinstance(history, list):
+        return
+    try:
+        derived = history_metrics(history)
+    except (KeyError, TypeError, IndexError):  # a hand-made or partial history: nothing to add
+        return
+    metrics.update({key: value for key, value in derived.items() if key not in metrics})
 
 
 def _is_number(value: Any) -> TypeGuard[float]:

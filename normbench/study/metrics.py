@@ -57,6 +57,9 @@ KNOWN = {
         ),
         Metric("median5_test_error", "median top-1 test error of the last 5 epochs (%)", 2, LOWER),
         Metric("train_loss", "train loss", 4, LOWER),
+        Metric(
+            "train_loss_change3", "change of the train loss over the last 3 epochs (%)", 2, NEITHER
+        ),
         Metric("train_acc", "train accuracy (fraction)", 4, HIGHER),
         Metric("test_loss", "test loss", 4, LOWER),
         Metric("epochs_done", "epochs done", 1, NEITHER),

@@ -12,7 +12,7 @@ import pytest
 
 from normbench import runner
 from normbench.errors import UserError
-from normbench.records import RunRecord
+from normbench.records import RunRecord, history_metrics
 from normbench.study.figures import make_figure
 from normbench.study.formats import FLAG_NOTE, render, to_csv, to_latex, to_markdown
 from normbench.study.metrics import KNOWN, metric_info
@@ -365,3 +365,34 @@ def test_sweep_unknown_metric_fails_before_anything_trains(tmp_path, normbench):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "sweeps").exists()
     with pytest.raises(UserError, match="names no metric"):
         build_table(tmp_path, " , ")
+
+
+# ---------------------------------------------------------------- the convergence criterion
+
+
+def _history(losses: list[float]) -> list[dict]:
+    return [
+        {"epoch": i + 1, "train_loss": loss, "train_acc": 0.9, "test_loss": 0.5, "test_acc": 0.8}
+        | {"test_error": 20.0}
+        for i, loss in enumerate(losses)
+    ]
+
+
+def test_train_loss_change3_is_the_relative_change_over_the_last_3_epochs():
+    metrics = history_metrics(_history([2.0, 1.0, 0.5, 0.40, 0.39, 0.38]))
+    assert metrics["train_loss_change3"] == pytest.approx(abs(0.38 - 0.5) / 0.5 * 100)
+    assert "train_loss_change3" not in history_metrics(_history([2.0, 1.0, 0.5]))  # too short
+    assert KNOWN["train_loss_change3"].better == 0  # a check, never bolded as "best"
+
+
+def test_a_record_written_before_the_metric_gets_it_on_reading(tmp_path):
+    run_dir = write_run(tmp_path, "bn", 32, 0, NEW)
+    data = json.loads((run_dir / "record.json").read_text())
+    data["history"] = _history([1.0, 0.5, 0.30, 0.29, 0.3])
+    (run_dir / "record.json").write_text(json.dumps(data))
+    record = RunRecord.read(run_dir)
+    assert record.metrics["train_loss_change3"] == pytest.approx(40.0)  # 0.5 -> 0.3
+    assert record.metrics["test_error"] == NEW["test_error"]  # what the record holds is kept
+    data["history"] = [{"epoch": 1}]  # a partial history adds nothing and breaks no reading
+    (run_dir / "record.json").write_text(json.dumps(data))
+    assert "train_loss_change3" not in RunRecord.read(run_dir).metrics
