@@ -4,11 +4,12 @@
 #   bash docs/results/study/commands.sh main 1,2        # seeds 1 and 2
 #   bash docs/results/study/commands.sh lr              # lr x {0.5, 2} at batch 32 and 2, seed 0
 #   bash docs/results/study/commands.sh epochs          # 2x the epochs (72): bn, gn at 32 and 2, seed 0
+#   bash docs/results/study/commands.sh fcnorm          # the contrast: norms after LeNet's hidden fc layers too
 # and run them two at a time (one thread each; sweeps resume, completed runs are skipped):
 #   bash docs/results/study/commands.sh main 0 | xargs -P 2 -I{} sh -c 'OMP_NUM_THREADS=1 {}'
 # OUT (default outputs/study) is where runs land; the committed records are copies of OUT/runs/*/record.json.
 set -euo pipefail
-phase=${1:?phase: main, lr or epochs}
+phase=${1:?phase: main, lr, epochs or fcnorm}
 seeds=${2:-0}
 out=${OUT:-outputs/study}
 base="normbench sweep experiment=gn_study out=$out --jobs 1"
@@ -39,5 +40,8 @@ case $phase in
     main) grid "$norms" "32 16 8 4 2" "seed=$seeds" ;;
     lr) grid "$norms" "32 2" "seed=0 lr=0.05,0.2" ;;
     epochs) grid "bn gn" "32 2" "seed=0 epochs=72" ;;
-    *) echo "unknown phase $phase: main, lr or epochs" >&2; exit 2 ;;
+    fcnorm) for norm in bn gn; do
+        echo "normbench sweep experiment=gn_study_fcnorm out=$out --jobs 1 norm=$norm batch=32,2 seed=0"
+    done ;;
+    *) echo "unknown phase $phase: main, lr, epochs or fcnorm" >&2; exit 2 ;;
 esac
