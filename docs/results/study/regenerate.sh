@@ -7,7 +7,7 @@ normbench table docs/results/study/runs --where lr=0.1 --where epochs=36 --where
 normbench table docs/results/study/runs --where lr=0.1 --where epochs=36 --where backbone.fc_norm=false --metric median5_test_error --format latex --out docs/results/study/main.tex
 normbench table docs/results/study/runs --where lr=0.1 --where epochs=36 --where backbone.fc_norm=false --metric median5_test_error --format csv --out docs/results/study/main.csv
 normbench table docs/results/study/runs --where lr=0.1 --where epochs=36 --where backbone.fc_norm=false --where norm=bn,brn,gbn,mabn,sn,cbn --metric test_error,test_error_precise,test_error_batch,test_error_at_best_val --out docs/results/study/bn_family.md
-# convergence: the training loss's change over the last 3 epochs (%); bn and gn at 12, 24 (pilot/), 36 and 72 epochs
+# convergence: the training loss's change over the last 3 epochs (%); bn and gn at 12, 24 (pilot/), 36 and 72 (epochs72/) epochs
 normbench table docs/results/study/runs --where lr=0.1 --where epochs=36 --where backbone.fc_norm=false --metric train_loss_change3 --out docs/results/study/flatness.md
 normbench table docs/results/study --where lr=0.1 --where backbone.fc_norm=false --where seed=0 --where norm=bn --where batch=32,2 --rows epochs --cols batch --metric median5_test_error,train_loss --out docs/results/study/epochs_bn.md
 normbench table docs/results/study --where lr=0.1 --where backbone.fc_norm=false --where seed=0 --where norm=gn --where batch=32,2 --rows epochs --cols batch --metric median5_test_error,train_loss --out docs/results/study/epochs_gn.md
