@@ -91,9 +91,7 @@ def _precise_share(label: str, mean, small: int, large: int) -> str:
         "with the test batch's own statistics: "
     )
     if ema < MEANINGFUL_GAP:
-        return (
-            text + f"no gap (< {MEANINGFUL_GAP:g} point) for population statistics to remove."
-        )
+        return text + f"no gap (< {MEANINGFUL_GAP:g} point) for population statistics to remove."
     return (
         text + f"population statistics remove {(ema - precise) / ema * 100:.0f} % of the EMA gap."
     )
