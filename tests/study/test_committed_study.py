@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "docs" / "results" / "study"
 RECORDS = sorted(STUDY.glob("runs/*/record.json"))  # the protocol's runs (and its lr variants)
 CHECKS = sorted(STUDY.glob("*/runs/*/record.json"))  # pilot/ (fewer epochs), epochs72/ (more)
+# protocol runs that miss the flatness criterion, each named on docs/study.md (never grows silently)
+NOT_FLAT = {"fashion_mnist-lenet-bn-b2d8x1-s0-c5cd4f8b"}  # lr 2x at batch 2 (lr fairness): 4.97 %
 PRESETS = {"experiment=gn_study", "experiment=gn_study_fcnorm", "experiment=shufflenet_study"}
 
 
@@ -44,7 +46,11 @@ def test_every_protocol_run_has_a_flat_training_loss(path):
     record = RunRecord.read(path)
     assert record.config["epochs"] == 36  # the protocol's; other epochs are checks, in CHECKS
     change = record.metrics[f"train_loss_change{FLAT_EPOCHS}"]
-    assert change < FLAT_LOSS_CHANGE, f"train loss changed {change:.2f}% over the last epochs"
+    if record.run_key in NOT_FLAT:
+        assert change >= FLAT_LOSS_CHANGE, f"{record.run_key} is flat now: drop it from NOT_FLAT"
+        assert record.run_key in (ROOT / "docs" / "study.md").read_text()
+    else:
+        assert change < FLAT_LOSS_CHANGE, f"train loss changed {change:.2f}% over the last epochs"
 
 
 @pytest.mark.parametrize("argv", _table_commands(), ids=lambda argv: argv[argv.index("--out") + 1])
