@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The study's commands, one sweep per line (docs/results/study/README.md). Print them for a phase:
+# The study's commands, one sweep per line (docs/study.md). Print them for a phase:
 #   bash docs/results/study/commands.sh main 0          # seed 0 of the main grid
 #   bash docs/results/study/commands.sh main 1,2        # seeds 1 and 2
 #   bash docs/results/study/commands.sh lr              # lr x {0.5, 2} at batch 32 and 2, seed 0
 #   bash docs/results/study/commands.sh epochs          # 2x the epochs (72): bn, gn at 32 and 2, seed 0
 #   bash docs/results/study/commands.sh fcnorm          # the contrast: norms after LeNet's hidden fc layers too
+#   bash docs/results/study/commands.sh shufflenet 0    # ShuffleNet V2 x0.5: bn, mabn, gn at 32 and 2, seed 0
 # and run them two at a time (one thread each; sweeps resume, completed runs are skipped):
 #   bash docs/results/study/commands.sh main 0 | xargs -P 2 -I{} sh -c 'OMP_NUM_THREADS=1 {}'
 # OUT (default outputs/study) is where runs land; the committed records are copies of OUT/runs/*/record.json.
 set -euo pipefail
-phase=${1:?phase: main, lr, epochs or fcnorm}
+phase=${1:?phase: main, lr, epochs, fcnorm or shufflenet}
 seeds=${2:-0}
 out=${OUT:-outputs/study}
 base="normbench sweep experiment=gn_study out=$out --jobs 1"
@@ -43,5 +44,7 @@ case $phase in
     fcnorm) for norm in bn gn; do
         echo "normbench sweep experiment=gn_study_fcnorm out=$out --jobs 1 norm=$norm batch=32,2 seed=0"
     done ;;
-    *) echo "unknown phase $phase: main, lr, epochs or fcnorm" >&2; exit 2 ;;
+    shufflenet) base="normbench sweep experiment=shufflenet_study out=$out --jobs 1"
+        grid "bn mabn gn" "32 2" "seed=$seeds" ;;
+    *) echo "unknown phase $phase: main, lr, epochs, fcnorm or shufflenet" >&2; exit 2 ;;
 esac
