@@ -3,12 +3,15 @@
 Prints Markdown (docs/results/study/comparison.md is this script's output; a test checks it):
     python docs/results/study/compare.py > docs/results/study/comparison.md
 Every number is a difference of cell means (over seeds) of the main grid: lr as in the preset,
-36 epochs, norms after the convolutions only. The metric is the GN paper's, the median test error
-of the last 5 epochs, except where a line names EMA, population (precise) or batch statistics.
+36 epochs, norms after the convolutions only; "± x" is one standard error of the difference (cells
+with 2 or more seeds). The metric is the GN paper's, the median test error of the last 5 epochs,
+except where a line names EMA, population (precise) or batch statistics. The lr-fairness section
+picks each norm's lr on validation (best_val_error) and compares ranks by the same test metric.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +23,8 @@ RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().pare
 MAIN = parse_where(["lr=0.1", "epochs=36", "backbone.fc_norm=false"])
 CONTRAST = parse_where(["lr=0.1", "epochs=36", "backbone.fc_norm=true"])
 PAPER = "median5_test_error"
+PROTOCOL_LR = 0.1
+LR_FACTORS = (0.5, 1.0, 2.0)  # x the protocol's lr, seed 0 (docs/results/study/commands.sh lr)
 METRICS = f"{PAPER},test_error,test_error_precise,test_error_batch"
 MEANINGFUL_GAP = 1.0  # points: below it, BN's small-batch gap is within a few seeds' spread
 # the paper's Table 2 and the MABN paper (ResNet-50, ImageNet): the same differences
@@ -45,13 +50,15 @@ def main() -> None:
     print(f"From {table.n_runs} run records under docs/results/study/runs ({_seeds(seeds)}).\n")
     print("| difference (points) | here | published (ResNet-50, ImageNet) |")
     print("|---|---|---|")
+    cell = table.cells_by_metric[PAPER]
     lines = {
-        f"BN({small}) - BN({large})": mean("bn", small) - mean("bn", large),
-        f"GN({large}) - BN({large})": mean("gn", large) - mean("bn", large),
-        f"MABN({small}) - BN({large})": mean("mabn", small) - mean("bn", large),
+        f"BN({small}) - BN({large})": (("bn", small), ("bn", large)),
+        f"GN({large}) - BN({large})": (("gn", large), ("bn", large)),
+        f"MABN({small}) - BN({large})": (("mabn", small), ("bn", large)),
     }
-    for label, value in lines.items():
-        print(f"| {label} | {value:+.2f} | {PUBLISHED.get(label, '')} |")
+    for label, (a, b) in lines.items():
+        mean(*a), mean(*b)  # SystemExit naming a missing cell
+        print(f"| {label} | {_difference(cell[a], cell[b])} | {PUBLISHED.get(label, '')} |")
     print("\nEach norm's spread across batch sizes (largest minus smallest cell mean, points):\n")
     print("| norm | spread | worst batch | best batch | published spread |")
     print("|---|---|---|---|---|")
@@ -66,6 +73,57 @@ def main() -> None:
     except UserError:  # the contrast's records are not in (yet)
         return
     print(_precise_share("the fc-normalized contrast", _means(contrast), small, large))
+    _lr_fairness(large, small)
+
+
+def _difference(a, b) -> str:
+    """a - b of two cells' means, with one standard error when both have 2 or more seeds."""
+    text = f"{a.mean - b.mean:+.2f}"
+    if a.n < 2 or b.n < 2:
+        return text
+    return text + f" ± {math.sqrt(a.std**2 / a.n + b.std**2 / b.n):.2f}"
+
+
+def _lr_fairness(*batches: int) -> None:
+    """Per batch: each norm's lr chosen on validation, and the norms' ranks by the main metric at
+    the protocol's lr and at each norm's own chosen lr (seed 0)."""
+    lrs = [PROTOCOL_LR * factor for factor in LR_FACTORS]
+    factors = ", ".join(f"{factor:g}" for factor in LR_FACTORS)
+    print(
+        f"\nlr fairness, seed 0: lr x {{{factors}}} of the protocol's, chosen on validation ",
+        end="",
+    )
+    print("(best_val_error); rank 1 is the lowest test error (the main metric).")
+    spread = build_table(RUNS, PAPER, where=MAIN).cells_by_metric[PAPER]
+    for batch in batches:
+        where = parse_where(["epochs=36", "backbone.fc_norm=false", "seed=0", f"batch={batch}"])
+        table = build_table(RUNS, f"best_val_error,{PAPER}", cols="lr", where=where)
+        val, test = table.cells_by_metric["best_val_error"], table.cells_by_metric[PAPER]
+        done = [n for n in table.rows if all(val.get((n, lr)) and val[(n, lr)].n for lr in lrs)]
+        pending = [n for n in table.rows if n not in done]
+        chosen = {n: min(lrs, key=lambda lr, n=n: val[(n, lr)].mean) for n in done}
+        at_protocol = _ranks({n: test[(n, PROTOCOL_LR)].mean for n in done})
+        at_own = _ranks({n: test[(n, chosen[n])].mean for n in done})
+        print(f"\nAt {batch} images per device ({len(done)} norms with all three lrs):\n")
+        print(f"| norm | chosen lr | test error at {PROTOCOL_LR:g} | at chosen lr | ", end="")
+        print(f"rank at {PROTOCOL_LR:g} | at chosen lr |\n|---|---|---|---|---|---|")
+        for n in sorted(done, key=at_protocol.get):
+            protocol, own = test[(n, PROTOCOL_LR)].mean, test[(n, chosen[n])].mean
+            print(f"| {n} | {chosen[n]:g} | {protocol:.2f} | {own:.2f} | ", end="")
+            print(f"{at_protocol[n]} | {at_own[n]} |")
+        moved = [
+            f"{n} {at_protocol[n]} -> {at_own[n]}" for n in done if at_protocol[n] != at_own[n]
+        ]
+        print(f"\nRanks that change: {', '.join(moved) or 'none'}.", end="")
+        print(f" Not run yet: {', '.join(pending)}." if pending else "")
+        stds = sorted(c.std for (_, b), c in spread.items() if b == batch and c.std is not None)
+        if stds:
+            median = stds[len(stds) // 2]
+            print(f"For scale, the main grid's median seed std at {batch}: {median:.2f}.")
+
+
+def _ranks(values: dict[str, float]) -> dict[str, int]:
+    return {n: rank for rank, n in enumerate(sorted(values, key=values.get), start=1)}
 
 
 def _means(table):
