@@ -26,6 +26,7 @@ PHASES = {  # phase -> its command-line arguments to commands.sh
     "epochs": ["epochs"],
     "fcnorm": ["fcnorm"],
     "shufflenet": ["shufflenet", "0,1,2"],
+    "resnet20": ["resnet20"],
 }
 # phases whose every cell is committed; the others are still running (docs/study.md, Status)
 FINISHED = {"main 0", "epochs", "fcnorm"}

@@ -6,11 +6,12 @@
 #   bash docs/results/study/commands.sh epochs          # 2x the epochs (72): bn, gn at 32 and 2, seed 0
 #   bash docs/results/study/commands.sh fcnorm          # the contrast: norms after LeNet's hidden fc layers too
 #   bash docs/results/study/commands.sh shufflenet 0    # ShuffleNet V2 x0.5: bn, mabn, gn at 32 and 2, seed 0
+#   bash docs/results/study/commands.sh resnet20        # ResNet-20 (a GPU's): bn, gn at 32 and 2, seed 0
 # and run them two at a time (one thread each; sweeps resume, completed runs are skipped):
 #   bash docs/results/study/commands.sh main 0 | xargs -P 2 -I{} sh -c 'OMP_NUM_THREADS=1 {}'
 # OUT (default outputs/study) is where runs land; the committed records are copies of OUT/runs/*/record.json.
 set -euo pipefail
-phase=${1:?phase: main, lr, epochs, fcnorm or shufflenet}
+phase=${1:?phase: main, lr, epochs, fcnorm, shufflenet or resnet20}
 seeds=${2:-0}
 out=${OUT:-outputs/study}
 base="normbench sweep experiment=gn_study out=$out --jobs 1"
@@ -46,5 +47,6 @@ case $phase in
     done ;;
     shufflenet) base="normbench sweep experiment=shufflenet_study out=$out --jobs 1"
         grid "bn mabn gn" "32 2" "seed=$seeds" ;;
-    *) echo "unknown phase $phase: main, lr, epochs, fcnorm or shufflenet" >&2; exit 2 ;;
+    resnet20) echo "normbench sweep experiment=resnet20_study out=$out --jobs 1 seed=$seeds" ;;
+    *) echo "unknown phase $phase: main, lr, epochs, fcnorm, shufflenet or resnet20" >&2; exit 2 ;;
 esac
