@@ -22,6 +22,7 @@ from normbench.study.where import parse_where
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "runs"
 MAIN = parse_where(["lr=0.1", "epochs=36", "backbone.fc_norm=false"])
 CONTRAST = parse_where(["lr=0.1", "epochs=36", "backbone.fc_norm=true"])
+SHUFFLENET = parse_where(["backbone.name=shufflenet_v2", "lr=0.1", "epochs=36"])
 PAPER = "median5_test_error"
 PROTOCOL_LR = 0.1
 LR_FACTORS = (0.5, 1.0, 2.0)  # x the protocol's lr, seed 0 (docs/results/study/commands.sh lr)
@@ -70,10 +71,41 @@ def main() -> None:
     print(_precise_share("the main grid", mean, small, large))
     try:
         contrast = build_table(RUNS, METRICS, where=CONTRAST)
+        print(_precise_share("the fc-normalized contrast", _means(contrast), small, large))
     except UserError:  # the contrast's records are not in (yet)
-        return
-    print(_precise_share("the fc-normalized contrast", _means(contrast), small, large))
+        pass
     _lr_fairness(large, small)
+    _shufflenet(small, large)
+
+
+def _shufflenet(small: int, large: int) -> None:
+    """The MABN-on-ShuffleNet V2 question (experiment=shufflenet_study): MABN and GN against BN."""
+    try:
+        table = build_table(RUNS, METRICS, where=SHUFFLENET)
+    except UserError:  # no ShuffleNet record yet
+        print("\nShuffleNet V2: no run records yet.")
+        return
+    cell = table.cells_by_metric[PAPER]
+    seeds = sorted({c.n for c in cell.values() if c.n})
+    print(
+        f"\nShuffleNet V2 x0.5 (experiment=shufflenet_study), {table.n_runs} run records ", end=""
+    )
+    print(f"({_seeds(seeds)}), the main metric:\n")
+    print("| difference (points) | here |\n|---|---|")
+    pairs = {
+        f"MABN({small}) - BN({small})": (("mabn", small), ("bn", small)),
+        f"GN({small}) - BN({small})": (("gn", small), ("bn", small)),
+        f"BN({small}) - BN({large})": (("bn", small), ("bn", large)),
+        f"MABN({small}) - BN({large})": (("mabn", small), ("bn", large)),
+        f"MABN({large}) - BN({large})": (("mabn", large), ("bn", large)),
+        f"GN({large}) - BN({large})": (("gn", large), ("bn", large)),
+    }
+    for label, (a, b) in pairs.items():
+        have = all(cell.get(key) and cell[key].n for key in (a, b))
+        print(f"| {label} | {_difference(cell[a], cell[b]) if have else 'not run yet'} |")
+    ema = table.cells_by_metric["test_error"]
+    if all(ema.get(("bn", batch)) and ema[("bn", batch)].n for batch in (small, large)):
+        print(_precise_share("ShuffleNet V2", _means(table), small, large))
 
 
 def _difference(a, b) -> str:
