@@ -4,6 +4,7 @@ every table `regenerate.sh` lists and the comparison are exactly what the record
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -86,3 +87,14 @@ def test_the_comparison_is_what_compare_py_gives_and_the_page_shows_it():
     committed = (STUDY / "comparison.md").read_text()
     assert result.stdout == committed, "docs/results/study/comparison.md is stale: rerun compare.py"
     assert committed.strip() in (ROOT / "docs" / "study.md").read_text()
+
+
+def test_differences_quoted_in_the_prose_are_the_comparisons():
+    """Every "x ± se" difference the README and docs/study.md quote outside the injected tables is
+    a line of comparison.md (so the prose cannot keep a number the records no longer give)."""
+    committed = (STUDY / "comparison.md").read_text()
+    quoted = re.compile(r"[+−-]\d+\.\d\d ± \d+\.\d\d")
+    for doc in (ROOT / "README.md", ROOT / "docs" / "study.md"):
+        prose = re.sub(r"<!-- table: .*?<!-- /table -->", "", doc.read_text(), flags=re.S)
+        for number in quoted.findall(prose):
+            assert number.replace("−", "-") in committed, f"{doc.name} quotes {number}: stale?"
