@@ -17,7 +17,8 @@ from normbench.records import FLAT_EPOCHS, FLAT_LOSS_CHANGE, RunRecord, Status
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "docs" / "results" / "study"
 RECORDS = sorted(STUDY.glob("runs/*/record.json"))  # the protocol's runs (and its lr variants)
-CHECKS = sorted(STUDY.glob("*/runs/*/record.json"))  # pilot/ (fewer epochs), epochs72/ (more)
+# pilot/ (fewer epochs), epochs72/ (more); probes/ holds stopped runs (their own test)
+CHECKS = sorted(path for check in ("pilot", "epochs72") for path in STUDY.glob(f"{check}/runs/*/*.json"))
 # protocol runs that miss the flatness criterion, each named on docs/study.md (never grows silently)
 NOT_FLAT = {"fashion_mnist-lenet-bn-b2d8x1-s0-c5cd4f8b"}  # lr 2x at batch 2 (lr fairness): 4.97 %
 PRESETS = {"experiment=gn_study", "experiment=gn_study_fcnorm", "experiment=shufflenet_study"}
@@ -98,3 +99,16 @@ def test_differences_quoted_in_the_prose_are_the_comparisons():
         prose = re.sub(r"<!-- table: .*?<!-- /table -->", "", doc.read_text(), flags=re.S)
         for number in quoted.findall(prose):
             assert number.replace("−", "-") in committed, f"{doc.name} quotes {number}: stale?"
+
+
+def test_the_mabn_probes_table_is_what_their_records_give():
+    probes = STUDY / "probes"
+    result = subprocess.run(
+        [sys.executable, str(probes / "history.py")], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == (probes / "history.md").read_text(), "rerun probes/history.py"
+    records = [RunRecord.read(path) for path in probes.glob("runs/*/record.json")]
+    assert len(records) == 5
+    for record in records:  # stopped early on purpose: never read as a finished result
+        assert "experiment=shufflenet_study" in record.overrides
+        assert record.status is not Status.COMPLETED and len(record.history) < 36

@@ -19,3 +19,7 @@ normbench table docs/results/study/runs --where lr=0.1 --where epochs=36 --where
 # the figure and the GN-paper comparison
 normbench plot docs/results/study/runs --where lr=0.1 --where epochs=36 --where backbone.fc_norm=false --metric median5_test_error --out docs/results/study/main.png
 python docs/results/study/compare.py > docs/results/study/comparison.md
+# the MABN start-up probes on ShuffleNet V2 (stopped runs, probes/runs/)
+python docs/results/study/probes/history.py > docs/results/study/probes/history.md
+# every table above into docs/study.md and the README (between their <!-- table: NAME --> markers)
+python docs/results/study/show_tables.py
