@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "docs" / "results" / "study"
 RECORDS = sorted(STUDY.glob("runs/*/record.json"))  # the protocol's runs (and its lr variants)
 # pilot/ (fewer epochs), epochs72/ (more); probes/ holds stopped runs (their own test)
-CHECKS = sorted(path for check in ("pilot", "epochs72") for path in STUDY.glob(f"{check}/runs/*/*.json"))
+CHECKS = sorted(p for check in ("pilot", "epochs72") for p in STUDY.glob(f"{check}/runs/*/*.json"))
 # protocol runs that miss the flatness criterion, each named on docs/study.md (never grows silently)
 NOT_FLAT = {"fashion_mnist-lenet-bn-b2d8x1-s0-c5cd4f8b"}  # lr 2x at batch 2 (lr fairness): 4.97 %
 PRESETS = {"experiment=gn_study", "experiment=gn_study_fcnorm", "experiment=shufflenet_study"}
