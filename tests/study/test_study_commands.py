@@ -29,7 +29,7 @@ PHASES = {  # phase -> its command-line arguments to commands.sh
     "resnet20": ["resnet20"],
 }
 # phases whose every cell is committed; the others are still running (docs/study.md, Status)
-FINISHED = {"main 0", "epochs", "fcnorm"}
+FINISHED = {"main 0", "main 1", "epochs", "fcnorm"}
 COMMITTED = {path.parent.name for path in STUDY.glob("runs/*/record.json")} | {
     path.parent.name for path in STUDY.glob("epochs72/runs/*/record.json")
 }
